@@ -1,0 +1,1 @@
+"""Stability analysis: state-space forms, Lyapunov noise, linearization of learned optimizers."""

@@ -1,0 +1,55 @@
+"""The ``lopt`` entry point.
+
+Each subcommand lives in its own module exposing ``add_parser(subparsers)``, which registers
+the subcommand and sets ``func`` (``func(args) -> int`` exit code) as its default. Modules
+are imported lazily by name so that ``lopt --help`` stays fast and one broken subcommand
+cannot take the others down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules under lopt.cli, in the order ``lopt --help`` lists them.
+COMMANDS: tuple[str, ...] = (
+    "info",
+)
+
+
+class UsageError(Exception):
+    """Bad user input: printed as ``lopt: error: ...`` with exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lopt import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lopt",
+        description="Learned optimizers that are stable by design (STAR).",
+    )
+    parser.add_argument("--version", action="version", version=f"lopt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"lopt.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as err:
+        parser.exit(2, f"lopt: error: {err}\n")
+    except KeyboardInterrupt:
+        print("lopt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation against tuned hand-designed optimizers."""

@@ -1,0 +1,1 @@
+"""Gradient estimators (PES, ES, truncated backprop), unrolls and the outer training loop."""

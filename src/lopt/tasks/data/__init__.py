@@ -1,0 +1,1 @@
+"""Offline datasets: bundled, generated, or loaded from files the user provides."""
