@@ -107,6 +107,22 @@ class TaskMixture:
             )
 
 
+def sample_task(obj: Task | TaskFamily | TaskMixture, key: jax.Array) -> Task:
+    """One concrete task from a task, family or mixture (group drawn by ``weights``).
+
+    Used by ``lopt train`` and evaluations to turn a family name plus a seed into a task.
+    """
+    if isinstance(obj, Task):
+        return obj
+    groups = as_groups(obj)
+    k_group, k_cfg = jax.random.split(key)
+    weights = getattr(obj, "weights", None)
+    p = None if weights is None else jnp.asarray(weights, jnp.float32) / sum(weights)
+    index = int(jax.random.choice(k_group, len(groups), p=p)) if len(groups) > 1 else 0
+    group = groups[index]
+    return group.task(group.sample(k_cfg))
+
+
 def as_groups(obj: Task | TaskFamily | TaskMixture) -> tuple[TaskFamily, ...]:
     """Normalize a task, family or mixture to a tuple of same-shape families."""
     if isinstance(obj, TaskMixture):

@@ -1,0 +1,79 @@
+"""Small CNN classifiers (flax linen) on image datasets such as the 8x8 digits."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from lopt.tasks.base import Task
+from lopt.tasks.classify import (
+    ClassifierFamily,
+    DeviceDataset,
+    activation_index,
+    classifier_task,
+)
+from lopt.tasks.data.base import Dataset
+
+
+class CNN(nn.Module):
+    """3x3 convolutions (the first stride 1, the rest stride 2), global mean pool, dense head."""
+
+    channels: tuple[int, ...]
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, act):
+        if x.ndim == 3:
+            x = x[..., None]
+        for i, c in enumerate(self.channels):
+            stride = 1 if i == 0 else 2
+            x = act(nn.Conv(c, (3, 3), strides=(stride, stride), padding="SAME")(x))
+        x = x.mean(axis=(1, 2))
+        return nn.Dense(self.num_classes)(x)
+
+
+def _device(data: Dataset | DeviceDataset) -> DeviceDataset:
+    if isinstance(data, DeviceDataset):
+        return data
+    if len(data.input_shape) not in (2, 3):
+        raise ValueError(f"CNN tasks need image data (H, W[, C]), got {data.input_shape}")
+    return DeviceDataset.from_dataset(data)
+
+
+def cnn_task(
+    data: Dataset | DeviceDataset,
+    channels: tuple[int, ...] = (8, 16),
+    batch_size: int = 128,
+    activation: str = "relu",
+    init_scale: float = 1.0,
+    name: str | None = None,
+) -> Task:
+    data = _device(data)
+    channels = tuple(int(c) for c in channels)
+    if not channels or any(c < 1 for c in channels):
+        raise ValueError(f"channels must be a non-empty tuple of positive ints, got {channels}")
+    return classifier_task(
+        name or f"{data.name}_cnn_{'x'.join(map(str, channels))}_b{batch_size}",
+        CNN(channels, data.num_classes),
+        data,
+        batch_size,
+        act_index=activation_index(activation),
+        init_scale=init_scale,
+    )
+
+
+def cnn_family(
+    data: Dataset | DeviceDataset,
+    channels: tuple[int, ...] = (8, 16),
+    batch_size: int = 128,
+    name: str | None = None,
+    **kwargs,
+) -> ClassifierFamily:
+    data = _device(data)
+    channels = tuple(int(c) for c in channels)
+    return ClassifierFamily(
+        name=name or f"{data.name}_cnn_{'x'.join(map(str, channels))}_b{batch_size}",
+        model=CNN(channels, data.num_classes),
+        data=data,
+        batch_size=batch_size,
+        **kwargs,
+    )

@@ -1,0 +1,74 @@
+"""MLP classifiers (flax linen) on flattened inputs: 8x8 digits, MNIST-1D or user data."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from lopt.tasks.base import Task
+from lopt.tasks.classify import (
+    ClassifierFamily,
+    DeviceDataset,
+    activation_index,
+    classifier_task,
+)
+from lopt.tasks.data.base import Dataset
+
+
+class MLP(nn.Module):
+    """``x -> Dense(h1) -> act -> ... -> Dense(num_classes)`` on the flattened input."""
+
+    hidden: tuple[int, ...]
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, act):
+        x = x.reshape(x.shape[0], -1)
+        for width in self.hidden:
+            x = act(nn.Dense(width)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+def _device(data: Dataset | DeviceDataset) -> DeviceDataset:
+    return data if isinstance(data, DeviceDataset) else DeviceDataset.from_dataset(data)
+
+
+def mlp_task(
+    data: Dataset | DeviceDataset,
+    hidden: tuple[int, ...] = (32,),
+    batch_size: int = 128,
+    activation: str = "relu",
+    init_scale: float = 1.0,
+    name: str | None = None,
+) -> Task:
+    """One fixed MLP classification task (full training set, static activation)."""
+    data = _device(data)
+    hidden = tuple(int(h) for h in hidden)
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"hidden widths must be >= 1, got {hidden}")
+    return classifier_task(
+        name or f"{data.name}_mlp_{'x'.join(map(str, hidden)) or 'linear'}_b{batch_size}",
+        MLP(hidden, data.num_classes),
+        data,
+        batch_size,
+        act_index=activation_index(activation),
+        init_scale=init_scale,
+    )
+
+
+def mlp_family(
+    data: Dataset | DeviceDataset,
+    hidden: tuple[int, ...] = (32,),
+    batch_size: int = 128,
+    name: str | None = None,
+    **kwargs,
+) -> ClassifierFamily:
+    """A same-shape MLP family: init scale, activation and data subset vary per config."""
+    data = _device(data)
+    hidden = tuple(int(h) for h in hidden)
+    return ClassifierFamily(
+        name=name or f"{data.name}_mlp_{'x'.join(map(str, hidden))}_b{batch_size}",
+        model=MLP(hidden, data.num_classes),
+        data=data,
+        batch_size=batch_size,
+        **kwargs,
+    )

@@ -1,0 +1,209 @@
+"""Named tasks, families and mixtures: ``get(name)``, ``names()``, ``describe(name)``.
+
+Entries are built lazily on first ``get`` and cached per process, so repeated lookups return
+the same object (and jitted functions closed over it compile once). Builders read only
+offline data: bundled digits, locally generated MNIST-1D, the stdlib's own sources.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lopt.tasks.base import Task, TaskFamily, TaskMixture
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    description: str
+    build: Callable[[], Task | TaskFamily | TaskMixture]
+    kind: str  # "task", "family" or "mixture"
+
+
+def _digits():
+    from lopt.tasks.classify import DeviceDataset
+    from lopt.tasks.data import load_digits
+
+    return _device_cached("digits", lambda: DeviceDataset.from_dataset(load_digits()))
+
+
+def _mnist1d():
+    from lopt.tasks.classify import DeviceDataset
+    from lopt.tasks.data import load_mnist1d
+
+    return _device_cached("mnist1d", lambda: DeviceDataset.from_dataset(load_mnist1d()))
+
+
+_DEVICE_DATA: dict = {}
+
+
+def _device_cached(key, make):
+    if key not in _DEVICE_DATA:
+        _DEVICE_DATA[key] = make()
+    return _DEVICE_DATA[key]
+
+
+def _text():
+    from lopt.tasks.data import load_stdlib_text
+
+    return load_stdlib_text()
+
+
+def _quadratic():
+    from lopt.tasks.quadratic import quadratic_task
+
+    return quadratic_task()
+
+
+def _nqm():
+    from lopt.tasks.quadratic import nqm_task
+
+    return nqm_task()
+
+
+def _quadratic_family():
+    from lopt.tasks.quadratic import QuadraticFamily
+
+    return QuadraticFamily()
+
+
+def _digits_mlp():
+    from lopt.tasks.mlp import mlp_task
+
+    return mlp_task(_digits(), hidden=(32,), batch_size=128, name="digits_mlp")
+
+
+def _mnist1d_mlp():
+    from lopt.tasks.mlp import mlp_task
+
+    return mlp_task(_mnist1d(), hidden=(32,), batch_size=128, name="mnist1d_mlp")
+
+
+def _digits_cnn():
+    from lopt.tasks.cnn import cnn_task
+
+    return cnn_task(_digits(), channels=(8, 16), batch_size=128, name="digits_cnn")
+
+
+def _digits_mlp_deep():
+    from lopt.tasks.mlp import mlp_task
+
+    return mlp_task(_digits(), hidden=(128, 128, 128), batch_size=128, name="digits_mlp_deep")
+
+
+def _digits_mlp_family():
+    from lopt.tasks.mlp import mlp_family
+
+    return mlp_family(_digits(), hidden=(32,), batch_size=128, name="digits_mlp_family")
+
+
+def _mnist1d_mlp_family():
+    from lopt.tasks.mlp import mlp_family
+
+    return mlp_family(_mnist1d(), hidden=(32,), batch_size=128, name="mnist1d_mlp_family")
+
+
+#: (hidden widths, batch size) of the mlp_family shape groups; each appears per dataset.
+MLP_FAMILY_SHAPES: tuple[tuple[tuple[int, ...], int], ...] = (
+    ((32,), 128),
+    ((64, 32), 64),
+    ((128,), 32),
+)
+
+#: (channels, batch size) of the cnn_family shape groups (8x8 digits).
+CNN_FAMILY_SHAPES: tuple[tuple[tuple[int, ...], int], ...] = (
+    ((8, 16), 128),
+    ((16, 32), 64),
+    ((8, 16, 32), 32),
+)
+
+
+def _mlp_family():
+    from lopt.tasks.mlp import mlp_family
+
+    groups = tuple(
+        mlp_family(data, hidden=hidden, batch_size=batch)
+        for data in (_digits(), _mnist1d())
+        for hidden, batch in MLP_FAMILY_SHAPES
+    )
+    return TaskMixture("mlp_family", groups)
+
+
+def _cnn_family():
+    from lopt.tasks.cnn import cnn_family
+
+    groups = tuple(
+        cnn_family(_digits(), channels=channels, batch_size=batch)
+        for channels, batch in CNN_FAMILY_SHAPES
+    )
+    return TaskMixture("cnn_family", groups)
+
+
+def _text_lstm():
+    from lopt.tasks.lm import lstm_task
+
+    return lstm_task(_text())
+
+
+def _text_transformer():
+    from lopt.tasks.lm import transformer_task
+
+    return transformer_task(_text())
+
+
+_ENTRIES: tuple[Entry, ...] = (
+    Entry("quadratic", "16-d deterministic quadratic, eigenvalues 1e-2..1", _quadratic, "task"),
+    Entry("nqm", "16-d noisy quadratic model (fresh minimum ~ N(0, 0.3^2 I) per step)",
+          _nqm, "task"),
+    Entry("quadratic_family", "NQMs with curvature scale log-uniform in [0.1, 10]",
+          _quadratic_family, "family"),
+    Entry("digits_mlp", "MLP 64-32-10 (relu) on sklearn 8x8 digits, batch 128",
+          _digits_mlp, "task"),
+    Entry("digits_mlp_deep", "MLP 64-128-128-128-10 (relu) on 8x8 digits, batch 128",
+          _digits_mlp_deep, "task"),
+    Entry("mnist1d_mlp", "MLP 40-32-10 (relu) on MNIST-1D (generated offline), batch 128",
+          _mnist1d_mlp, "task"),
+    Entry("digits_cnn", "CNN conv8-conv16(s2)-meanpool-10 on 8x8 digits, batch 128",
+          _digits_cnn, "task"),
+    Entry("text_lstm", "char LSTM LM (embed 32, hidden 64) on stdlib source, 16x32 tokens",
+          _text_lstm, "task"),
+    Entry("text_transformer", "char transformer LM (2 layers, dim 32) on stdlib source",
+          _text_transformer, "task"),
+    Entry("digits_mlp_family", "digits MLP 64-32-10: init scale, activation, data subset vary",
+          _digits_mlp_family, "family"),
+    Entry("mnist1d_mlp_family", "MNIST-1D MLP 40-32-10: init scale, activation, subset vary",
+          _mnist1d_mlp_family, "family"),
+    Entry("mlp_family", "digits + MNIST-1D MLPs, 3 width/depth/batch groups each (mixture)",
+          _mlp_family, "mixture"),
+    Entry("cnn_family", "digits CNNs, 3 channel/depth/batch groups (mixture)",
+          _cnn_family, "mixture"),
+)
+_BY_NAME = {e.name: e for e in _ENTRIES}
+
+
+def names() -> tuple[str, ...]:
+    """All registered names, in listing order."""
+    return tuple(_BY_NAME)
+
+
+def entry(name: str) -> Entry:
+    if name not in _BY_NAME:
+        raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(names())}")
+    return _BY_NAME[name]
+
+
+def describe(name: str) -> str:
+    """The one-line description shown by ``lopt tasks``."""
+    return entry(name).description
+
+
+@functools.cache
+def get(name: str) -> Task | TaskFamily | TaskMixture:
+    """The task, family or mixture registered as ``name`` (built once per process).
+
+    Raises:
+        KeyError: unknown name; the message lists the valid names.
+    """
+    return entry(name).build()
