@@ -70,7 +70,7 @@ def nqm_task(
     init_std: float = 1.0,
     sigma: float = 0.3,
 ) -> Task:
-    """The noisy quadratic model; ``eval_loss`` is the noise-free excess loss ``1/2 phi^T H phi``."""
+    """The noisy quadratic model; ``eval_loss`` is the noise-free loss ``1/2 phi^T H phi``."""
     _check(dim, h_min, h_max, init_std, sigma)
     return _quadratic_task("nqm", eigenvalues(dim, h_min, h_max), init_std, sigma)
 
