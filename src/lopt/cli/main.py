@@ -15,6 +15,8 @@ import sys
 # Subcommand modules under lopt.cli, in the order ``lopt --help`` lists them.
 COMMANDS: tuple[str, ...] = (
     "info",
+    "train",
+    "tasks",
 )
 
 
