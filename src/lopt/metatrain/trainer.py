@@ -1,0 +1,375 @@
+"""The outer loop: estimator -> clipped Adam on theta -> metrics, evaluation, checkpoints.
+
+One jitted call per outer step (the estimator's scan/vmap inside, buffers donated, compiled
+once). Every random number derives from ``config.seed`` and the outer step index, and the whole
+mutable state (theta, outer optimizer state, estimator state, best evaluation) is checkpointed,
+so a resumed run computes exactly what an uninterrupted one would have.
+
+Files in the output directory:
+    config.json         config, seed, versions, slot layout
+    metrics.jsonl       one object per outer step (``outer_step, meta_loss, grad_norm,
+                        nonfinite_pairs, dropped_pairs, finished_runs, skipped_update,
+                        inner_steps_per_s``; ``eval_loss, eval_final_loss`` when evaluated)
+    eval.jsonl          the fixed held-out evaluations (outer step 0 included)
+    checkpoint.pkl      latest checkpoint (every ``checkpoint_every`` steps, at the end, on Ctrl-C)
+    best.safetensors    theta with the best held-out evaluation so far
+    theta.safetensors   final theta
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.metatrain.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lopt.metatrain.config import MetaTrainConfig
+from lopt.metatrain.estimators import allocate_slots, make_estimator
+from lopt.metatrain.unroll import tree_where
+from lopt.utils.io import atomic_write_bytes, atomic_write_json
+
+CHECKPOINT = "checkpoint.pkl"
+#: config fields a resumed run may change; anything else must match the checkpoint.
+RESUMABLE_CHANGES = ("outer_steps", "checkpoint_every", "eval_every")
+
+
+def build_optimizer(config: MetaTrainConfig):
+    """The STAR / Blackbox instance named by the config, with its switches."""
+    from lopt.optimizers import STAR, Blackbox
+
+    cls = {"star": STAR, "blackbox": Blackbox}[config.optimizer]
+    try:
+        return cls(**config.optimizer_kwargs)
+    except TypeError as err:
+        fields = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise ValueError(
+            f"bad optimizer_kwargs for {config.optimizer}: {err}; valid switches: {fields}"
+        ) from None
+
+
+def outer_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
+    """Adam on theta, after global-norm clipping, with an optional warmup and cosine decay."""
+    if config.lr_schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(config.outer_lr, config.decay_steps)
+    else:
+        schedule = optax.constant_schedule(config.outer_lr)
+    if config.warmup_steps:
+        warmup = optax.linear_schedule(0.0, config.outer_lr, config.warmup_steps)
+        schedule = optax.join_schedules([warmup, schedule], [config.warmup_steps])
+    parts = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm > 0 else []
+    return optax.chain(*parts, optax.adam(schedule))
+
+
+def slot_sharding(est_state):
+    """Shardings that split every estimator-state leaf's slot axis over the local devices.
+
+    Returns ``(state_shardings, replicated)`` or ``(None, None)`` on a single device. A group
+    whose slot count does not divide evenly is replicated rather than refused.
+    """
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return None, None
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices), ("slots",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    split = NamedSharding(mesh, PartitionSpec("slots"))
+
+    def pick(x):
+        return split if x.shape and x.shape[0] % len(devices) == 0 else replicated
+
+    return jax.tree.map(pick, est_state), replicated
+
+
+class MetaTrainer:
+    """Meta-trains one learned optimizer on one task (family or mixture).
+
+    Args:
+        config: the run's :class:`MetaTrainConfig`.
+        out_dir: where every output goes.
+        optimizer, task: objects to use instead of the registry names in ``config`` (tests and
+            programmatic use); they must honour the LearnedOptimizer and Task contracts.
+        save_theta: ``save_theta(path, theta, metadata)``; default ``lopt.save_meta_params``.
+        scan_unroll: ``lax.scan`` unroll factor of the inner loop (a speed knob).
+    """
+
+    def __init__(
+        self,
+        config: MetaTrainConfig,
+        out_dir: str | Path,
+        *,
+        optimizer=None,
+        task=None,
+        save_theta: Callable | None = None,
+        scan_unroll: int = 1,
+    ):
+        if task is None:
+            config.check_names()
+        self.config = config
+        self.out = Path(out_dir)
+        self.optimizer = optimizer if optimizer is not None else build_optimizer(config)
+        if task is None:
+            from lopt import tasks
+
+            task = tasks.get(config.tasks)
+        self.task = task
+        self.estimator = make_estimator(
+            self.optimizer, task, config.estimator_config(), scan_unroll=scan_unroll
+        )
+        self.tx = outer_optimizer(config)
+        self._save_theta = save_theta
+        root = jax.random.PRNGKey(config.seed)
+        self.key_theta, self.key_est, self.key_eval, self.key_loop = jax.random.split(root, 4)
+        weights = getattr(task, "weights", None) or [1.0] * len(self.estimator.groups)
+        self.eval_slots = allocate_slots(config.eval_tasks, weights)
+        self._step_fn = None
+        self._eval_fn = None
+
+    # -- pieces ----------------------------------------------------------------------------
+    def init_state(self) -> dict:
+        theta = self.optimizer.init(self.key_theta)
+        return {
+            "theta": theta,
+            "opt_state": self.tx.init(theta),
+            "est_state": self.estimator.init(theta, self.key_est),
+        }
+
+    def _outer(self, theta, opt_state, est_state, step):
+        key = jax.random.fold_in(self.key_loop, step)
+        grad, est_state, diag = self.estimator.step(theta, est_state, key)
+        grad_norm = optax.tree.norm(grad)
+        updates, new_opt_state = self.tx.update(grad, opt_state, theta)
+        new_theta = optax.apply_updates(theta, updates)
+        # an estimate with no valid pair (or a non-finite one) must not move theta
+        ok = (diag["valid_pairs"] > 0) & jnp.isfinite(grad_norm)
+        theta = tree_where(ok, new_theta, theta)
+        opt_state = tree_where(ok, new_opt_state, opt_state)
+        diag = dict(diag, grad_norm=grad_norm, skipped_update=~ok)
+        return theta, opt_state, est_state, diag
+
+    def _compile(self, state):
+        est_sh, rep = slot_sharding(state["est_state"])
+        if est_sh is None:
+            self._step_fn = jax.jit(self._outer, donate_argnums=(0, 1, 2))
+            return state
+        self._step_fn = jax.jit(
+            self._outer,
+            donate_argnums=(0, 1, 2),
+            in_shardings=(rep, rep, est_sh, rep),
+            out_shardings=(rep, rep, est_sh, rep),
+        )
+        return {
+            "theta": jax.device_put(state["theta"], rep),
+            "opt_state": jax.device_put(state["opt_state"], rep),
+            "est_state": jax.device_put(state["est_state"], est_sh),
+        }
+
+    def evaluate(self, theta) -> dict:
+        """Mean normalized loss of ``theta`` on the fixed held-out draws (same every call)."""
+        if self._eval_fn is None:
+
+            def ev(theta):
+                along, final, total = 0.0, 0.0, 0
+                for i, (unroll, n) in enumerate(
+                    zip(self.estimator.unrolls, self.eval_slots, strict=True)
+                ):
+                    if n == 0:
+                        continue
+                    a, f = unroll.evaluate(
+                        theta, jax.random.fold_in(self.key_eval, i), n, self.config.eval_horizon
+                    )
+                    along, final, total = along + jnp.sum(a), final + jnp.sum(f), total + n
+                return along / total, final / total
+
+            self._eval_fn = jax.jit(ev)
+        along, final = self._eval_fn(theta)
+        return {"eval_loss": float(along), "eval_final_loss": float(final)}
+
+    def save_theta(self, path: Path, theta, metadata: dict) -> None:
+        if self._save_theta is not None:
+            self._save_theta(path, theta, metadata)
+            return
+        from lopt.optimizers.io import save_meta_params
+
+        save_meta_params(path, theta, self.optimizer, extra_metadata=metadata)
+
+    # -- files -----------------------------------------------------------------------------
+    def _write_config(self, resumed_at: int | None) -> None:
+        from lopt.utils.provenance import environment_info
+
+        path = self.out / "config.json"
+        history = []
+        if resumed_at is not None and path.exists():
+            history = json.loads(path.read_text()).get("resumed_at", [])
+            history.append(resumed_at)
+        atomic_write_json(
+            path,
+            {
+                "config": self.config.to_dict(),
+                "seed": self.config.seed,
+                "optimizer": repr(self.optimizer),
+                "slots_per_group": list(self.estimator.slots),
+                "groups": [getattr(g, "name", repr(g)) for g in self.estimator.groups],
+                "inner_steps_per_outer_step": self.estimator.inner_steps_per_step,
+                "inner_steps_counting": "slots x truncation x particles (2 for antithetic)",
+                "resumed_at": history,
+                "environment": environment_info(),
+            },
+        )
+
+    def _truncate_jsonl(self, name: str, upto: int) -> None:
+        path = self.out / name
+        if not path.exists():
+            return
+        keep = [
+            line
+            for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["outer_step"] <= upto
+        ]
+        atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
+
+    def _checkpoint(self, state, step: int, best: dict) -> None:
+        tree = {**state, "key": self.key_loop}
+        meta = {"outer_step": step, "best": best, "config": self.config.to_dict()}
+        save_checkpoint(self.out / CHECKPOINT, tree, meta)
+
+    def _load(self, template_state) -> tuple[dict, int, dict]:
+        template = {**template_state, "key": self.key_loop}
+        tree, meta = load_checkpoint(self.out / CHECKPOINT, template)
+        saved = meta["config"]
+        now = self.config.to_dict()
+        changed = sorted(
+            k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
+        )
+        if changed:
+            raise CheckpointError(
+                f"cannot resume: the checkpoint in {self.out} was made with different "
+                f"{', '.join(changed)}; only {', '.join(RESUMABLE_CHANGES)} may change"
+            )
+        tree.pop("key")
+        return jax.tree.map(jnp.asarray, tree), int(meta["outer_step"]), meta["best"]
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, *, resume: bool = False, progress: bool = False, callback=None) -> dict:
+        """Meta-train up to ``config.outer_steps``; return a summary dict.
+
+        ``callback(outer_step, record)`` runs after every step (it may raise
+        ``KeyboardInterrupt``, which checkpoints and re-raises, as Ctrl-C does).
+        """
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        ckpt = self.out / CHECKPOINT
+        state = self.init_state()
+        if resume and ckpt.exists():
+            state, start, best = self._load(state)
+            self._truncate_jsonl("metrics.jsonl", start)
+            self._truncate_jsonl("eval.jsonl", start)
+            self._write_config(resumed_at=start)
+        else:
+            if ckpt.exists() and not resume:
+                raise FileExistsError(
+                    f"{self.out} already holds a run ({CHECKPOINT}); pass --resume to continue "
+                    "it or choose another --out"
+                )
+            start, best = 0, {"eval_loss": None, "outer_step": None}
+            for name in ("metrics.jsonl", "eval.jsonl"):
+                (self.out / name).unlink(missing_ok=True)
+            self._write_config(resumed_at=None)
+        state = self._compile(state)
+
+        def do_eval(step: int) -> dict:
+            rec = self.evaluate(state["theta"])
+            with open(self.out / "eval.jsonl", "a") as fh:
+                fh.write(json.dumps({"outer_step": step, **rec}) + "\n")
+            if best["eval_loss"] is None or rec["eval_loss"] < best["eval_loss"]:
+                best.update(eval_loss=rec["eval_loss"], outer_step=step)
+                self.save_theta(
+                    self.out / "best.safetensors",
+                    state["theta"],
+                    {"outer_step": step, "tasks": cfg.tasks, **rec},
+                )
+            return rec
+
+        if cfg.eval_every and start == 0:
+            do_eval(0)
+
+        interrupted = threading.Event()
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.outer_steps, initial=start, desc="meta-train", unit="step")
+        step = start
+        last_record: dict = {}
+        try:
+            with open(self.out / "metrics.jsonl", "a") as metrics:
+                while step < cfg.outer_steps:
+                    t0 = time.perf_counter()
+                    theta, opt_state, est_state, diag = self._step_fn(
+                        state["theta"], state["opt_state"], state["est_state"], jnp.int32(step)
+                    )
+                    state = {"theta": theta, "opt_state": opt_state, "est_state": est_state}
+                    diag = jax.device_get(diag)
+                    dt = time.perf_counter() - t0
+                    step += 1
+                    record = {
+                        "outer_step": step,
+                        "meta_loss": float(diag["meta_loss"]),
+                        "grad_norm": float(diag["grad_norm"]),
+                        "nonfinite_pairs": int(diag["nonfinite_pairs"]),
+                        "dropped_pairs": int(diag["dropped_pairs"]),
+                        "finished_runs": int(diag["finished_runs"]),
+                        "skipped_update": bool(diag["skipped_update"]),
+                        "inner_steps_per_s": self.estimator.inner_steps_per_step / dt,
+                    }
+                    if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.outer_steps):
+                        record.update(do_eval(step))
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    last_record = record
+                    if step % cfg.checkpoint_every == 0 or step == cfg.outer_steps:
+                        self._checkpoint(state, step, best)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(
+                            meta_loss=f"{record['meta_loss']:.4f}",
+                            inner_steps_per_s=f"{record['inner_steps_per_s']:.0f}",
+                        )
+                    if callback is not None:
+                        callback(step, record)
+                    if interrupted.is_set():
+                        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            self._checkpoint(state, step, best)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+
+        self.save_theta(
+            self.out / "theta.safetensors",
+            state["theta"],
+            {"outer_step": step, "tasks": cfg.tasks},
+        )
+        if start == step:  # nothing ran (already complete): keep the checkpoint as it is
+            self._checkpoint(state, step, best)
+        return {
+            "outer_step": step,
+            "theta": state["theta"],
+            "best": dict(best),
+            "last": last_record,
+        }

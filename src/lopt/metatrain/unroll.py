@@ -1,0 +1,203 @@
+"""Vectorized truncated unrolls of one same-shape task group.
+
+A *slot* is one inner training run in progress; every slot carries ``P`` particles (2 for an
+antithetic pair ``theta + eps`` / ``theta - eps``, 1 otherwise) that share the task, the
+initialization and every data batch (common random numbers) but have their own parameters and
+optimizer state. One truncation is a ``lax.scan`` over inner steps, ``vmap``-ed over particles
+and then over slots, so a whole estimator step is one fused XLA program.
+
+Inner-run lengths are drawn log-uniformly and rounded to a multiple of the truncation length.
+Runs therefore end exactly at truncation boundaries: the reset happens before the next
+truncation, after the finished run's last losses have been credited to the perturbations that
+produced them, and no per-step reset branch slows the scan down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lopt.tasks.base import TaskFamily
+
+
+class UnrollState(NamedTuple):
+    """State of ``S`` slots of one task group (every leaf has a leading slot axis ``S``).
+
+    Attributes:
+        params: optimizee parameters, ``[S, P, ...]``.
+        opt_state: optimizer states, ``[S, P, ...]``.
+        cfg: task configurations, ``[S, ...]``.
+        step: inner step reached in the current run, ``[S]`` int32.
+        horizon: length of the current run, ``[S]`` int32 (a multiple of the truncation).
+        key: per-run data key, ``[S, 2]`` uint32; batch ``t`` uses ``fold_in(key, t)``.
+        acc: PES accumulator, theta-shaped with a leading ``S``: the sum of every perturbation
+            this slot's current run has seen.
+    """
+
+    params: Any
+    opt_state: Any
+    cfg: Any
+    step: jax.Array
+    horizon: jax.Array
+    key: jax.Array
+    acc: Any
+
+
+def tree_where(mask: jax.Array, new, old):
+    """``where(mask, new, old)`` leafwise; ``mask`` broadcasts from the leading axes."""
+
+    def sel(a, b):
+        m = mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim))
+        return jnp.where(m, a, b)
+
+    return jax.tree.map(sel, new, old)
+
+
+def broadcast_leading(tree, shape: tuple[int, ...]):
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, shape + jnp.shape(x)), tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupUnroll:
+    """Unrolls of one :class:`TaskFamily` with one learned optimizer (static structure only)."""
+
+    family: TaskFamily
+    optimizer: Any
+    truncation: int
+    horizon_min: int
+    horizon_max: int
+    num_particles: int
+    random_offsets: bool = True
+    scan_unroll: int = 1
+
+    # -- run lengths -------------------------------------------------------------------------
+    def sample_horizon(self, key: jax.Array) -> jax.Array:
+        """Log-uniform in ``[horizon_min, horizon_max]``, rounded to a multiple of truncation."""
+        lo, hi = jnp.log(self.horizon_min), jnp.log(self.horizon_max)
+        h = jnp.exp(lo + (hi - lo) * jax.random.uniform(key))
+        n = jnp.maximum(jnp.round(h / self.truncation), 1.0)
+        return (n * self.truncation).astype(jnp.int32)
+
+    # -- fresh runs --------------------------------------------------------------------------
+    def fresh_slot(self, key: jax.Array, thetas_p):
+        """A new run: task draw, initialization, optimizer states (one per particle), horizon."""
+        k_cfg, k_init, k_h, k_run = jax.random.split(key, 4)
+        cfg = self.family.sample(k_cfg)
+        task = self.family.task(cfg)
+        params = broadcast_leading(task.init(k_init), (self.num_particles,))
+        opt_state = jax.vmap(self.optimizer.init_state)(thetas_p, params)
+        return cfg, params, opt_state, self.sample_horizon(k_h), k_run
+
+    def init(self, theta, key: jax.Array, num_slots: int) -> UnrollState:
+        k_slots, k_off = jax.random.split(key)
+        thetas = broadcast_leading(theta, (num_slots, self.num_particles))
+        cfg, params, opt_state, horizon, run_key = jax.vmap(self.fresh_slot)(
+            jax.random.split(k_slots, num_slots), thetas
+        )
+        if self.random_offsets:
+            n_trunc = horizon // self.truncation
+            u = jax.random.uniform(k_off, (num_slots,))
+            step = (jnp.floor(u * n_trunc).astype(jnp.int32)) * self.truncation
+        else:
+            step = jnp.zeros((num_slots,), jnp.int32)
+        acc = jax.tree.map(lambda x: jnp.zeros((num_slots,) + jnp.shape(x), jnp.float32), theta)
+        return UnrollState(params, opt_state, cfg, step, horizon, run_key, acc)
+
+    def reset_finished(self, state: UnrollState, thetas, key: jax.Array):
+        """Restart every slot whose run is finished (``step >= horizon``); zero its accumulator.
+
+        ``thetas`` (``[S, P, ...]``) initialize the new optimizer states. The fresh runs are only
+        computed when at least one slot finished (a ``lax.cond`` outside the slot ``vmap``).
+        """
+        done = state.step >= state.horizon
+        num_slots = done.shape[0]
+
+        def do_reset(state):
+            cfg, params, opt_state, horizon, run_key = jax.vmap(self.fresh_slot)(
+                jax.random.split(key, num_slots), thetas
+            )
+            fresh = UnrollState(
+                params,
+                opt_state,
+                cfg,
+                jnp.zeros_like(state.step),
+                horizon,
+                run_key,
+                jax.tree.map(jnp.zeros_like, state.acc),
+            )
+            return tree_where(done, fresh, state)
+
+        state = jax.lax.cond(jnp.any(done), do_reset, lambda s: s, state)
+        return state, done
+
+    # -- one truncation ----------------------------------------------------------------------
+    def slot_unroll(self, thetas_p, params, opt_state, cfg, step0, run_key, length: int):
+        """``length`` inner steps of one slot's ``P`` particles on shared batches.
+
+        Returns the new ``(params, opt_state)`` and ``(meta_losses [length, P], finite [P])``:
+        the task's normalized losses at each step's pre-update parameters, and whether every raw
+        loss was finite.
+        """
+        task = self.family.task(cfg)
+        optimizer = self.optimizer
+
+        def particle(theta, params, opt_state, batch):
+            loss, grads = jax.value_and_grad(task.loss)(params, batch)
+            params, opt_state = optimizer.update(theta, opt_state, grads, params, loss=loss)
+            return params, opt_state, loss
+
+        def body(carry, t):
+            params, opt_state = carry
+            batch = task.sample_batch(jax.random.fold_in(run_key, step0 + t))
+            params, opt_state, loss = jax.vmap(particle, in_axes=(0, 0, 0, None))(
+                thetas_p, params, opt_state, batch
+            )
+            return (params, opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(
+            body, (params, opt_state), jnp.arange(length), unroll=self.scan_unroll
+        )
+        finite = jnp.all(jnp.isfinite(losses), axis=0)
+        return params, opt_state, jax.vmap(task.normalizer)(losses), finite
+
+    def truncation_step(self, state: UnrollState, thetas):
+        """Advance every slot by one truncation with per-slot, per-particle ``thetas``.
+
+        Returns the new state, the per-particle meta-loss (mean normalized loss over the
+        truncation, ``[S, P]``) and the per-particle raw-loss finiteness ``[S, P]``.
+        """
+
+        def slot(thetas_p, params, opt_state, cfg, step0, run_key):
+            return self.slot_unroll(
+                thetas_p, params, opt_state, cfg, step0, run_key, self.truncation
+            )
+
+        params, opt_state, meta_losses, finite = jax.vmap(slot)(
+            thetas, state.params, state.opt_state, state.cfg, state.step, state.key
+        )
+        state = state._replace(
+            params=params, opt_state=opt_state, step=state.step + self.truncation
+        )
+        return state, jnp.mean(meta_losses, axis=1), finite
+
+    # -- fixed held-out evaluation -----------------------------------------------------------
+    def evaluate(self, theta, key: jax.Array, num_tasks: int, horizon: int):
+        """Train ``num_tasks`` fixed task draws for ``horizon`` steps with unperturbed theta.
+
+        Returns ``(mean normalized loss along the runs, mean normalized loss at the last step)``
+        per task, each ``[num_tasks]``. The same ``key`` gives the same tasks, inits and batches.
+        """
+        unroll = dataclasses.replace(self, num_particles=1)
+        thetas = broadcast_leading(theta, (num_tasks, 1))
+
+        def one(k, thetas_p):
+            cfg, params, opt_state, _, run_key = unroll.fresh_slot(k, thetas_p)
+            _, _, meta_losses, _ = unroll.slot_unroll(
+                thetas_p, params, opt_state, cfg, jnp.int32(0), run_key, horizon
+            )
+            return jnp.mean(meta_losses), meta_losses[-1, 0]
+
+        return jax.vmap(one)(jax.random.split(key, num_tasks), thetas)

@@ -1,0 +1,118 @@
+"""Outer loop: files, resume equality, Ctrl-C checkpoints, best-theta selection."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from lopt.metatrain.config import MetaTrainConfig
+from lopt.metatrain.trainer import MetaTrainer
+
+BASE = dict(
+    optimizer="star",
+    tasks="quadratic",
+    estimator="pes",
+    sigma=0.01,
+    truncation=4,
+    horizon_min=8,
+    horizon_max=16,
+    num_slots=8,
+    outer_lr=0.05,
+    outer_steps=6,
+    eval_every=2,
+    eval_tasks=4,
+    eval_horizon=12,
+    checkpoint_every=2,
+    seed=3,
+)
+
+
+def save_npz(path, theta, metadata):
+    np.savez(str(path) + ".npz", **{k: np.asarray(v) for k, v in theta.items()})
+    path.with_suffix(".json").write_text(json.dumps(metadata))
+
+
+def trainer(tmp_path, lo, fam, name, **kw):
+    cfg = MetaTrainConfig(**{**BASE, **kw})
+    return MetaTrainer(cfg, tmp_path / name, optimizer=lo, task=fam, save_theta=save_npz)
+
+
+def read_metrics(path):
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def same_metrics(a, b):
+    assert [r["outer_step"] for r in a] == [r["outer_step"] for r in b]
+    for key in ("meta_loss", "grad_norm", "nonfinite_pairs", "eval_loss", "finished_runs"):
+        np.testing.assert_allclose(
+            [r.get(key, np.nan) for r in a], [r.get(key, np.nan) for r in b], rtol=1e-6
+        )
+
+
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, momentum_lo, quad_family):
+    full = trainer(tmp_path, momentum_lo, quad_family, "full").run()
+
+    def interrupt(step, record):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    # interrupted at step 3 (between checkpoints), resumed with a larger outer_steps
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path, momentum_lo, quad_family, "cut", outer_steps=4).run(callback=interrupt)
+    meta = read_metrics(tmp_path / "cut")
+    assert [r["outer_step"] for r in meta] == [1, 2, 3]
+    resumed = trainer(tmp_path, momentum_lo, quad_family, "cut").run(resume=True)
+    for k in full["theta"]:
+        np.testing.assert_allclose(resumed["theta"][k], full["theta"][k], rtol=1e-6)
+    same_metrics(read_metrics(tmp_path / "cut"), read_metrics(tmp_path / "full"))
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["resumed_at"] == [3]
+    assert full["best"] == resumed["best"]
+
+
+def test_outputs_and_learning(tmp_path, momentum_lo, quad_family):
+    t = trainer(tmp_path, momentum_lo, quad_family, "run", outer_steps=20, eval_every=5)
+    out = t.run()
+    d = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "eval.jsonl", "checkpoint.pkl"):
+        assert (d / name).exists(), name
+    assert (d / "best.safetensors.npz").exists() and (d / "theta.safetensors.npz").exists()
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["seed"] == 3 and cfg["inner_steps_per_outer_step"] == 8 * 4 * 2
+    assert "versions" in cfg["environment"]
+    rows = read_metrics(d)
+    assert len(rows) == 20
+    for r in rows:
+        assert {"outer_step", "meta_loss", "grad_norm", "nonfinite_pairs",
+                "inner_steps_per_s"} <= set(r)
+    evals = [json.loads(x) for x in (d / "eval.jsonl").read_text().splitlines()]
+    assert [e["outer_step"] for e in evals] == [0, 5, 10, 15, 20]
+    # lr exp(-2) with momentum is slow on this quadratic: meta-training must speed it up
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert out["best"]["eval_loss"] == min(e["eval_loss"] for e in evals)
+    # running again without --resume refuses to overwrite
+    with pytest.raises(FileExistsError):
+        trainer(tmp_path, momentum_lo, quad_family, "run").run()
+
+
+def test_resume_of_finished_run_is_a_noop(tmp_path, momentum_lo, quad_family):
+    first = trainer(tmp_path, momentum_lo, quad_family, "r", outer_steps=2).run()
+    again = trainer(tmp_path, momentum_lo, quad_family, "r", outer_steps=2).run(resume=True)
+    for k in first["theta"]:
+        np.testing.assert_array_equal(np.asarray(first["theta"][k]), np.asarray(again["theta"][k]))
+    assert len(read_metrics(tmp_path / "r")) == 2
+
+
+def test_resume_rejects_changed_config(tmp_path, momentum_lo, quad_family):
+    trainer(tmp_path, momentum_lo, quad_family, "r", outer_steps=2).run()
+    with pytest.raises(ValueError, match="sigma"):
+        trainer(tmp_path, momentum_lo, quad_family, "r", sigma=0.02).run(resume=True)
+
+
+def test_tbptt_and_es_run(tmp_path, momentum_lo, quad_family):
+    for est in ("tbptt", "es"):
+        out = trainer(tmp_path, momentum_lo, quad_family, est, estimator=est, eval_every=0,
+                      outer_steps=2).run()
+        assert all(np.isfinite(np.asarray(v)) for v in jax.tree.leaves(out["theta"]))
