@@ -1,0 +1,61 @@
+"""``lopt meta-train`` in-process: outputs, resume, and usage errors (exit code 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import lopt
+from lopt.cli.main import main
+
+SMALL = [
+    "--tasks", "quadratic_family", "--estimator", "pes", "--truncation", "5",
+    "--horizon-min", "10", "--horizon-max", "20", "--slots", "2", "--eval-every", "2",
+    "--eval-tasks", "2", "--eval-horizon", "10", "--checkpoint-every", "2", "--seed", "1",
+    "--no-progress", "--opt", "hidden_sizes=[2]",
+]
+
+
+@pytest.mark.slow
+def test_meta_train_smoke_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["meta-train", "--optimizer", "star", "--outer-steps", "2", "--out", str(out),
+                 *SMALL]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["outer_step"] == 2
+    for name in ("config.json", "metrics.jsonl", "eval.jsonl", "checkpoint.pkl",
+                 "best.safetensors", "theta.safetensors"):
+        assert (out / name).exists(), name
+    theta, opt = lopt.load_meta_params(out / "theta.safetensors")
+    assert opt.name == "star" and opt.hidden_sizes == (2,)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["optimizer_kwargs"] == {"hidden_sizes": [2]}
+    # continue the same run to 3 steps
+    assert main(["meta-train", "--optimizer", "star", "--outer-steps", "3", "--out", str(out),
+                 "--resume", *SMALL]) == 0
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["outer_step"] for r in rows] == [1, 2, 3]
+    # the trained theta is usable by `lopt train`
+    assert main(["train", "--optimizer", str(out / "theta.safetensors"), "--task", "quadratic",
+                 "--steps", "5", "--out", str(tmp_path / "train")]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sigma", "-1"], "sigma must be > 0"),
+        (["--truncation", "50"], "truncation \\(50\\) is longer"),
+        (["--tasks", "nope"], "unknown task 'nope'"),
+        (["--opt", "bogus=1"], "bad optimizer_kwargs for star"),
+        (["--config", "/nonexistent.toml"], "config file not found"),
+    ],
+)
+def test_meta_train_usage_errors(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["meta-train", "--optimizer", "star", "--outer-steps", "1",
+              "--out", str(tmp_path / "x"), *SMALL, *argv])
+    assert exc.value.code == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
