@@ -17,6 +17,8 @@ COMMANDS: tuple[str, ...] = (
     "info",
     "train",
     "tasks",
+    "meta_train",
+    "stability",
 )
 
 
