@@ -1,0 +1,199 @@
+"""Every registered task trains; families vmap; mixtures group by shape; batches are keyed."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt.tasks as T
+from lopt.tasks import Task, TaskMixture, as_groups, sample_task
+from lopt.tasks.classify import ACTIVATION_NAMES
+
+# Compiling these on a CPU takes longest (convolutions, recurrences, attention).
+SLOW = {"text_lstm", "text_transformer", "digits_cnn", "cnn_family"}
+PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in T.names()]
+
+
+@functools.cache
+def concrete(name: str) -> Task:
+    return sample_task(T.get(name), jax.random.key(0))
+
+
+@functools.cache
+def adam_run(name: str):
+    """(loss before, loss after 50 Adam steps) on one fixed batch; compiled once per task."""
+    task = concrete(name)
+    tx = optax.adam(1e-2)
+
+    @jax.jit
+    def run(key):
+        k_init, k_batch, k_steps = jax.random.split(key, 3)
+        params = task.init(k_init)
+        fixed = task.sample_batch(k_batch)
+
+        def step(carry, k):
+            p, s = carry
+            g = jax.grad(task.loss)(p, task.sample_batch(k))
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        (trained, _), _ = jax.lax.scan(
+            step, (params, tx.init(params)), jax.random.split(k_steps, 50)
+        )
+        return task.loss(params, fixed), task.loss(trained, fixed), trained
+
+    return run(jax.random.key(1))
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_registered_task_inits_and_50_adam_steps_lower_loss(name):
+    before, after, trained = adam_run(name)
+    assert math.isfinite(float(before)) and math.isfinite(float(after))
+    assert float(after) < 0.9 * float(before), (name, float(before), float(after))
+    task = concrete(name)
+    norm = float(task.normalizer(after))
+    assert 0.0 <= norm < float(task.normalizer(jnp.nan))
+    if task.eval_loss is not None:
+        assert math.isfinite(float(task.eval_loss(trained, jax.random.key(2))))
+
+
+@pytest.mark.parametrize("name", ["digits_mlp", "mnist1d_mlp", "digits_cnn", "nqm"])
+def test_batches_deterministic_given_key_and_sampled_in_jit(name):
+    task = concrete(name)
+    sample = jax.jit(task.sample_batch)
+    a, b = sample(jax.random.key(5)), sample(jax.random.key(5))
+    c = sample(jax.random.key(6))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True)
+    assert any(not np.array_equal(x, y) for x, y in pairs)
+    # eager and jitted draws agree: the sampler is pure index arithmetic on device arrays
+    eager = task.sample_batch(jax.random.key(5))
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, eager)
+
+
+def test_lm_batches_are_shifted_windows_of_the_corpus():
+    from lopt.tasks.data import load_stdlib_text
+
+    task = concrete("text_lstm")
+    tokens = np.asarray(task.sample_batch(jax.random.key(0))["tokens"])
+    assert tokens.shape == (16, 33)
+    corpus = load_stdlib_text().train.tobytes()
+    assert tokens[0].astype(np.uint8).tobytes() in corpus
+
+
+@pytest.mark.parametrize("name", ["digits_mlp_family", "mnist1d_mlp_family", "quadratic_family"])
+def test_family_vmaps_over_four_configs(name):
+    fam = T.get(name)
+    cfgs = jax.vmap(fam.sample)(jax.random.split(jax.random.key(0), 4))
+    keys = jax.random.split(jax.random.key(1), 4)
+
+    def one(cfg, key):
+        task = fam.task(cfg)
+        params = task.init(key)
+        batch = task.sample_batch(key)
+        loss, grads = jax.value_and_grad(task.loss)(params, batch)
+        return params, loss, task.normalizer(loss)
+
+    params, losses, norms = jax.jit(jax.vmap(one))(cfgs, keys)
+    assert losses.shape == (4,) and bool(jnp.all(jnp.isfinite(losses)))
+    assert all(leaf.shape[0] == 4 for leaf in jax.tree.leaves(params))
+    # the four configurations really differ, and vmapped == one at a time
+    assert len({float(v) for v in losses}) == 4
+    single = jax.jit(one)
+    for i in range(4):
+        cfg_i = jax.tree.map(lambda x, i=i: x[i], cfgs)
+        _, loss_i, _ = single(cfg_i, keys[i])
+        np.testing.assert_allclose(float(loss_i), float(losses[i]), rtol=2e-4, atol=1e-5)
+
+
+def test_classifier_family_configs_vary_init_scale_activation_and_subset():
+    fam = T.get("digits_mlp_family")
+    cfgs = jax.vmap(fam.sample)(jax.random.split(jax.random.key(0), 64))
+    scales = np.exp(np.asarray(cfgs["log_init_scale"]))
+    assert 0.5 <= scales.min() < scales.max() <= 2.0
+    assert set(np.asarray(cfgs["act"]).tolist()) == set(range(len(ACTIVATION_NAMES)))
+    assert len(set(np.asarray(cfgs["data_offset"]).tolist())) > 32
+    # init scale multiplies every parameter
+    cfg = jax.tree.map(lambda x: x[0], cfgs)
+    unit = dict(cfg, log_init_scale=jnp.float32(0.0))
+    p1 = fam.task(cfg).init(jax.random.key(3))
+    p0 = fam.task(unit).init(jax.random.key(3))
+    k = jax.tree.leaves(p0)[1]
+    np.testing.assert_allclose(jax.tree.leaves(p1)[1], k * scales[0], rtol=1e-5)
+
+
+def shape_signature(group) -> tuple:
+    task = group.task(group.sample(jax.random.key(0)))
+    params = jax.eval_shape(task.init, jax.random.key(0))
+    batch = jax.eval_shape(task.sample_batch, jax.random.key(0))
+    return tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves((params, batch)))
+
+
+@pytest.mark.parametrize("name", ["mlp_family", "cnn_family"])
+def test_mixture_groups_share_shapes_within_and_differ_across(name):
+    mix = T.get(name)
+    assert isinstance(mix, TaskMixture) and as_groups(mix) == mix.groups
+    sigs = [shape_signature(g) for g in mix.groups]
+    assert len(set(sigs)) == len(sigs), "each group must be one distinct shape"
+    for group, sig in zip(mix.groups, sigs, strict=True):
+        for seed in (1, 2):  # other configs of the same group: same shapes
+            task = group.task(group.sample(jax.random.key(seed)))
+            params = jax.eval_shape(task.init, jax.random.key(seed))
+            batch = jax.eval_shape(task.sample_batch, jax.random.key(seed))
+            got = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves((params, batch)))
+            assert got == sig
+
+
+def test_mlp_family_covers_both_datasets():
+    names = [g.name for g in T.get("mlp_family").groups]
+    assert any(n.startswith("digits") for n in names)
+    assert any(n.startswith("mnist1d") for n in names)
+
+
+def test_sample_task_is_deterministic_in_the_key():
+    mix = T.get("mlp_family")
+    a = sample_task(mix, jax.random.key(4))
+    b = sample_task(mix, jax.random.key(4))
+    assert a.name == b.name
+    pa, pb = a.init(jax.random.key(0)), b.init(jax.random.key(0))
+    jax.tree.map(np.testing.assert_array_equal, pa, pb)
+    seen = {sample_task(mix, jax.random.key(s)).name for s in range(12)}
+    assert len(seen) > 2
+
+
+def test_normalizers_bound_and_map_nonfinite_to_bound():
+    cls = concrete("digits_mlp")
+    bound = 1.5 * math.log(10)
+    np.testing.assert_allclose(float(cls.normalizer(jnp.inf)), bound, rtol=1e-6)
+    np.testing.assert_allclose(float(cls.normalizer(jnp.nan)), bound, rtol=1e-6)
+    np.testing.assert_allclose(float(cls.normalizer(100.0)), bound, rtol=1e-6)
+    assert float(cls.normalizer(0.5)) == pytest.approx(0.5)
+    quad = concrete("nqm")
+    assert float(quad.normalizer(jnp.nan)) == pytest.approx(1.5)
+    params = quad.init(jax.random.key(0))
+    start = float(quad.normalizer(quad.loss(params, quad.sample_batch(jax.random.key(1)))))
+    assert 0.2 < start < 1.5  # ~1 at initialization by construction
+
+
+def test_registry_unknown_name_lists_valid_names():
+    with pytest.raises(KeyError) as err:
+        T.get("no_such_task")
+    for name in ("digits_mlp", "mlp_family", "nqm"):
+        assert name in str(err.value)
+    assert T.get("digits_mlp") is T.get("digits_mlp")
+    assert all(T.describe(n) for n in T.names())
+
+
+def test_nqm_matches_its_definition():
+    task = concrete("nqm")
+    params = {"phi": jnp.arange(16, dtype=jnp.float32) / 16}
+    batch = task.sample_batch(jax.random.key(0))
+    h = np.logspace(-2, 0, 16)
+    d = np.asarray(params["phi"]) - np.asarray(batch["mu"])
+    assert float(task.loss(params, batch)) == pytest.approx(0.5 * np.sum(h * d * d), rel=1e-5)
+    mus = jax.vmap(task.sample_batch)(jax.random.split(jax.random.key(1), 4000))["mu"]
+    assert float(jnp.std(mus)) == pytest.approx(0.3, rel=0.05)
