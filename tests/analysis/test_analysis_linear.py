@@ -89,9 +89,7 @@ def test_aggmo_matches_its_recursion_and_single_beta_is_heavy_ball():
         phi = phi - 0.1 * np.mean(ms, axis=0)
         x = dyn.A @ x + dyn.B @ mu
     np.testing.assert_allclose(x[:3], phi, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(
-        L.aggmo(H, 0.2, [0.6]).A, L.heavy_ball(H, 0.2, 0.6).A, atol=1e-14
-    )
+    np.testing.assert_allclose(L.aggmo(H, 0.2, [0.6]).A, L.heavy_ball(H, 0.2, 0.6).A, atol=1e-14)
     np.testing.assert_allclose(
         L.aggmo(H, 0.2, [0.6], ema=True).A, L.ema_momentum(H, 0.2, 0.6).A, atol=1e-14
     )

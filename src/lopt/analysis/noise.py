@@ -126,4 +126,3 @@ def simulate(
             losses[:, t] = 0.5 * np.einsum("ri,ij,rj->r", diff, H, diff)
             x = x @ A.T + mu @ B.T
     return losses
-
