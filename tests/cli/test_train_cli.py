@@ -1,0 +1,131 @@
+"""``lopt train``: records, non-finite stop, error exits, learned-optimizer plumbing."""
+
+import json
+
+import optax
+import pytest
+
+import lopt
+from lopt.cli.main import main
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def train(out, *extra):
+    return main(["train", "--out", str(out), "--no-progress", *extra])
+
+
+def test_train_digits_mlp_writes_metrics_config_and_plot(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = train(out, "--task", "digits_mlp", "--optimizer", "adam", "--lr", "0.01",
+               "--steps", "60", "--log-every", "20", "--seed", "3")
+    assert rc == 0
+    recs = read_metrics(out)
+    assert [r["step"] for r in recs] == [0, 20, 40, 60]
+    assert all(isinstance(r["loss"], float) for r in recs)
+    assert recs[-1]["loss"] < recs[0]["loss"]
+    assert "eval_loss" in recs[0] and "eval_loss" in recs[-1]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["seed"] == 3 and cfg["lr"] == 0.01 and cfg["task"] == "digits_mlp"
+    assert cfg["environment"]["versions"]["jax"]
+    assert cfg["result"]["status"] == "ok" and cfg["result"]["steps_done"] == 60
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "final loss" in capsys.readouterr().out
+
+
+def test_default_lr_is_recorded_and_progress_bar_shown(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--task", "quadratic", "--optimizer", "momentum", "--steps", "20",
+               "--out", str(out)])
+    assert rc == 0
+    assert json.loads((out / "config.json").read_text())["lr"] == 0.01
+    assert "20/20" in capsys.readouterr().err
+
+
+def test_chunking_does_not_change_results(tmp_path):
+    args = ["--task", "nqm", "--optimizer", "adam", "--steps", "40"]
+    assert train(tmp_path / "a", *args, "--log-every", "4") == 0
+    assert train(tmp_path / "b", *args, "--log-every", "40") == 0
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert len(a) == 11 and len(b) == 2
+    assert a[-1]["last_loss"] == pytest.approx(b[-1]["last_loss"], rel=1e-6)
+    assert a[-1]["eval_loss"] == pytest.approx(b[-1]["eval_loss"], rel=1e-6)
+
+
+def test_family_trains_one_sampled_task_deterministically(tmp_path):
+    args = ["--task", "mlp_family", "--optimizer", "sgd", "--steps", "10", "--seed", "5"]
+    assert train(tmp_path / "a", *args) == 0
+    assert train(tmp_path / "b", *args) == 0
+    ca = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert ca["task_resolved"] != "mlp_family"
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+
+
+def test_non_finite_loss_stops_reports_step_and_keeps_records(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = train(out, "--task", "quadratic", "--optimizer", "sgd", "--lr", "1000",
+               "--steps", "500", "--log-every", "5")
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "non-finite at step" in err
+    recs = read_metrics(out)
+    assert recs[-1]["non_finite"] is True and recs[-1]["loss"] is None
+    bad = recs[-1]["step"]
+    assert 0 < bad < 500 and f"step {bad}" in err
+    assert all(r["loss"] is not None for r in recs[:-1])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["result"]["status"] == "non_finite" and cfg["result"]["non_finite_step"] == bad
+    assert (out / "loss.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--task", "nope", "--optimizer", "adam", "--steps", "5"], ["digits_mlp", "nqm"]),
+        (["--task", "quadratic", "--optimizer", "lbfgs", "--steps", "5"],
+         ["adam", "sgd", "momentum", "adamw", "star", "blackbox", "path"]),
+        (["--task", "quadratic", "--optimizer", "adam", "--steps", "-1"], ["--steps"]),
+        (["--task", "quadratic", "--optimizer", "adam", "--steps", "5", "--lr", "-0.1"],
+         ["--lr"]),
+        (["--task", "quadratic", "--optimizer", "star", "--steps", "5", "--lr", "0.1"],
+         ["learned", "adam, sgd, momentum, adamw"]),
+    ],
+)
+def test_bad_input_exits_nonzero_listing_choices(tmp_path, capsys, argv, expected):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", str(tmp_path / "x"), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for word in expected:
+        assert word in err
+    assert not (tmp_path / "x").exists()
+
+
+class _StandIn:
+    """A learned optimizer stand-in: the CLI only needs ``as_optax(theta)``."""
+
+    name = "standin"
+
+    def as_optax(self, theta):
+        return optax.sgd(theta["lr"])
+
+
+def test_optimizer_path_loads_meta_params(tmp_path, monkeypatch):
+    path = tmp_path / "theta.safetensors"
+    path.write_bytes(b"x")
+    seen = []
+
+    def fake_load(p):
+        seen.append(str(p))
+        return {"lr": 0.05}, _StandIn()
+
+    monkeypatch.setattr(lopt, "load_meta_params", fake_load, raising=False)
+    out = tmp_path / "run"
+    assert train(out, "--task", "quadratic", "--optimizer", str(path), "--steps", "30") == 0
+    assert seen == [str(path)]
+    recs = read_metrics(out)
+    assert recs[-1]["loss"] < recs[0]["loss"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["optimizer_kind"] == "path" and cfg["lr"] is None
