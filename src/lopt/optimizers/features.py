@@ -1,0 +1,241 @@
+"""Accumulators and the 39-input feature recipe of the Adafactor-MLP learned optimizer.
+
+Written once, shared by :class:`~lopt.optimizers.Blackbox` and :class:`~lopt.optimizers.STAR`
+(spec section 3). Per parameter tensor we keep, with meta-learned decays and no bias
+correction, updated with the current gradient *before* features are computed:
+
+* 3 momenta ``m_i <- b_i m_i + (1 - b_i) g`` (decays 0.9, 0.99, 0.999),
+* 1 second moment ``v <- b_v v + (1 - b_v) g^2`` (0.999),
+* 3 Adafactor-style factored second moments (0.9, 0.99, 0.999): for tensors with two or more
+  dimensions, EMAs of the mean of ``g^2`` along the largest dimension ("row" statistics) and
+  along the second largest ("column" statistics); for 0/1-dim tensors a full EMA of ``g^2``.
+
+From them, 28 per-coordinate features (each divided by its RMS over the whole tensor) plus 11
+time features ``tanh(t / tau - 1)`` that are the same for every coordinate.
+
+Nothing here materializes a ``[num_params, num_features]`` matrix: features are returned as a
+list of arrays that broadcast against the parameter, together with their RMS normalizers, and
+:mod:`lopt.optimizers.mlp` folds the normalizers into the first-layer weights so XLA fuses the
+whole per-coordinate network into one loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_TENSOR_FEATURES = 28
+TIME_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
+NUM_TIME_FEATURES = len(TIME_SCALES)
+NUM_INPUTS = NUM_TENSOR_FEATURES + NUM_TIME_FEATURES  # 39
+
+ADAM_EPS = 1e-6  # inside sqrt(v + eps) for the "Adam" features and preconditioning
+FACTORED_EPS = 1e-30  # added to g^2, as in Adafactor
+RMS_EPS = 1e-5  # feature normalization: f / sqrt(mean(f^2) + eps)
+
+# A decay never leaves [DECAY_MIN, DECAY_MAX], whatever theta is: see ``bounded_decay``.
+DECAY_MIN = 1e-4
+DECAY_MAX = 1.0 - 1e-6
+
+
+def bounded_decay(base: jax.Array, theta: jax.Array) -> jax.Array:
+    """Meta-learned decay that stays inside (0, 1) for every ``theta``.
+
+    The paper uses ``beta = 1 - (1 - beta0) * exp(10 theta)``, which is unbounded below (a
+    calibration run drove a momentum decay to -1.05 and never recovered). We use the logistic
+    form ``1 - beta = sigmoid(logit(1 - beta0) + 10 theta)``: it equals ``beta0`` at
+    ``theta = 0``, agrees with the paper's form to first order for decays close to one
+    (``1 - beta ~ (1 - beta0) exp(10 theta)``), and saturates smoothly towards 0 and 1. A final
+    clip to ``[1e-4, 1 - 1e-6]`` keeps float32 rounding from producing exactly 0 or 1.
+    """
+    base = jnp.asarray(base, jnp.float32)
+    one_minus = jax.nn.sigmoid(jnp.log1p(-base) - jnp.log(base) + 10.0 * theta)
+    return jnp.clip(1.0 - one_minus, DECAY_MIN, DECAY_MAX)
+
+
+@dataclass(frozen=True)
+class AccumulatorConfig:
+    """Initial decays of the accumulators (meta-learned around these values)."""
+
+    momentum_decays: tuple[float, float, float] = (0.9, 0.99, 0.999)
+    rms_decay: float = 0.999
+    factored_decays: tuple[float, float, float] = (0.9, 0.99, 0.999)
+
+    def __post_init__(self):
+        for name in ("momentum_decays", "factored_decays"):
+            value = tuple(getattr(self, name))
+            if len(value) != 3:
+                raise ValueError(f"{name} needs exactly 3 decays, got {value}")
+            object.__setattr__(self, name, value)
+        for d in (*self.momentum_decays, self.rms_decay, *self.factored_decays):
+            if not 0.0 < d < 1.0:
+                raise ValueError(f"decays must lie in (0, 1), got {d}")
+
+    def init_theta(self) -> dict:
+        """Offsets of every decay, zero at meta-initialization."""
+        return {
+            "momentum": jnp.zeros((3,), jnp.float32),
+            "rms": jnp.zeros((), jnp.float32),
+            "factored": jnp.zeros((3,), jnp.float32),
+        }
+
+    def decays(self, theta: dict) -> dict:
+        return {
+            "momentum": bounded_decay(jnp.array(self.momentum_decays), theta["momentum"]),
+            "rms": bounded_decay(jnp.array(self.rms_decay), theta["rms"]),
+            "factored": bounded_decay(jnp.array(self.factored_decays), theta["factored"]),
+        }
+
+
+class LeafState(NamedTuple):
+    """Accumulators of one parameter tensor (scalars are stored as shape ``(1,)``).
+
+    ``row``/``col`` hold factored statistics of shape ``(3, *shape without one dim)``; for
+    tensors with fewer than two dimensions ``row`` is the full EMA ``(3, *shape)`` and ``col``
+    is an empty ``(3, 0)`` array.
+    """
+
+    m: jax.Array
+    v: jax.Array
+    row: jax.Array
+    col: jax.Array
+
+
+def factored_dims(shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """Indices ``(d0, d1)`` of the second-largest and largest dimensions, or None (<2 dims)."""
+    if len(shape) < 2:
+        return None
+    order = np.argsort(np.asarray(shape), kind="stable")
+    return int(order[-2]), int(order[-1])
+
+
+def as_tensor(x: jax.Array) -> jax.Array:
+    """Scalars become shape ``(1,)`` tensors (spec: scalars are treated as 1-vectors)."""
+    return x.reshape((1,)) if x.ndim == 0 else x
+
+
+def init_leaf_state(p: jax.Array) -> LeafState:
+    p = as_tensor(jnp.asarray(p))
+    shape = p.shape
+    zeros = lambda s: jnp.zeros(s, jnp.float32)
+    dims = factored_dims(shape)
+    if dims is None:
+        row, col = zeros((3, *shape)), zeros((3, 0))
+    else:
+        d0, d1 = dims
+        row = zeros((3, *[n for i, n in enumerate(shape) if i != d1]))
+        col = zeros((3, *[n for i, n in enumerate(shape) if i != d0]))
+    return LeafState(m=zeros((3, *shape)), v=zeros(shape), row=row, col=col)
+
+
+def _stack(decay: jax.Array, ndim: int) -> jax.Array:
+    """Decays of shape (3,) broadcast against ``(3, *shape)``."""
+    return decay.reshape((3,) + (1,) * ndim)
+
+
+def update_accumulators(state: LeafState, g: jax.Array, decays: dict) -> LeafState:
+    """EMA updates with the current gradient (no bias correction)."""
+    ndim = g.ndim
+    bm = _stack(decays["momentum"], ndim)
+    bv = decays["rms"]
+    m = bm * state.m + (1.0 - bm) * g[None]
+    g2 = g * g + FACTORED_EPS
+    v = bv * state.v + (1.0 - bv) * (g * g)
+    dims = factored_dims(g.shape)
+    if dims is None:
+        bf = _stack(decays["factored"], ndim)
+        row = bf * state.row + (1.0 - bf) * g2[None]
+        col = state.col
+    else:
+        d0, d1 = dims
+        bf = _stack(decays["factored"], ndim - 1)
+        row = bf * state.row + (1.0 - bf) * jnp.mean(g2, axis=d1)[None]
+        col = bf * state.col + (1.0 - bf) * jnp.mean(g2, axis=d0)[None]
+    return LeafState(m=m, v=v, row=row, col=col)
+
+
+def _rms(x: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.mean(jnp.square(x)) + RMS_EPS)
+
+
+def _rms_stacked(x: jax.Array) -> jax.Array:
+    """RMS of each of the 3 stacked channels of ``x`` (shape ``(3, ...)``) -> shape (3,)."""
+    axes = tuple(range(1, x.ndim))
+    return jnp.sqrt(jnp.mean(jnp.square(x), axis=axes) + RMS_EPS)
+
+
+class LeafFeatures(NamedTuple):
+    """Feature channels of one tensor, not yet normalized.
+
+    ``channels`` is a list of 28 arrays, each broadcastable to the parameter's shape (factored
+    statistics keep their reduced shape and broadcast along the missing dimension), and
+    ``rms`` the (28,) vector of their RMS over the whole tensor.
+    """
+
+    channels: list
+    rms: jax.Array
+
+
+def leaf_features(p: jax.Array, g: jax.Array, st: LeafState) -> LeafFeatures:
+    """The 28 per-coordinate features of spec section 3, from updated accumulators."""
+    shape = g.shape
+    ndim = g.ndim
+    rsqrt_v = jax.lax.rsqrt(st.v + ADAM_EPS)
+    adam = st.m * rsqrt_v[None]
+
+    dims = factored_dims(shape)
+    if dims is None:
+        full = st.row  # (3, *shape)
+        row_feat = col_feat = full
+        rsqrt_full = jax.lax.rsqrt(full + FACTORED_EPS)
+        rsqrt_row = rsqrt_col = rsqrt_full
+        scale = rsqrt_full
+    else:
+        d0, d1 = dims
+        # Row stats lack d1; column stats lack d0. Re-insert the missing axis to broadcast.
+        row_feat = jnp.expand_dims(st.row, 1 + d1)
+        col_feat = jnp.expand_dims(st.col, 1 + d0)
+        # Adafactor reconstruction v ~ row * col / mean(row): normalize rows by their mean.
+        d0_in_row = d0 if d0 < d1 else d0 - 1
+        row_mean = jnp.mean(st.row, axis=1 + d0_in_row, keepdims=True)
+        row_factor = jnp.expand_dims(jax.lax.rsqrt(st.row / (row_mean + FACTORED_EPS)), 1 + d1)
+        col_factor = jnp.expand_dims(jax.lax.rsqrt(st.col + FACTORED_EPS), 1 + d0)
+        rsqrt_row = jax.lax.rsqrt(row_feat + FACTORED_EPS)
+        rsqrt_col = jax.lax.rsqrt(col_feat + FACTORED_EPS)
+        scale = row_factor * col_factor
+
+    fac_g = g[None] * scale  # (3, *shape)
+    fac_m = st.m * scale  # momentum i normalized by factored statistic i
+
+    stacked = [st.m, adam, fac_g, row_feat, col_feat, rsqrt_row, rsqrt_col, fac_m]
+    singles = [g, p, st.v, rsqrt_v]
+    # Order: g, p, m(3), v, adam(3), rsqrt_v, fac_g(3), row(3), col(3), rsqrt_row(3),
+    # rsqrt_col(3), fac_m(3) = 28 channels.
+    channels = [g, p, st.m[0], st.m[1], st.m[2], st.v]
+    channels += [adam[0], adam[1], adam[2], rsqrt_v]
+    for arr in stacked[2:]:
+        channels += [arr[0], arr[1], arr[2]]
+    rms_single = [_rms(x) for x in singles]
+    rms_stacked = {id(a): _rms_stacked(a) for a in stacked}
+    rms = jnp.concatenate(
+        [
+            jnp.stack(rms_single[0:2]),
+            rms_stacked[id(st.m)],
+            rms_single[2][None],
+            rms_stacked[id(adam)],
+            rms_single[3][None],
+            *[rms_stacked[id(a)] for a in stacked[2:]],
+        ]
+    )
+    assert len(channels) == NUM_TENSOR_FEATURES and rms.shape == (NUM_TENSOR_FEATURES,), ndim
+    return LeafFeatures(channels=channels, rms=rms)
+
+
+def time_features(step: jax.Array) -> jax.Array:
+    """``tanh(t / tau - 1)`` for the 11 time scales; identical for every coordinate."""
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.tanh(t / jnp.array(TIME_SCALES, jnp.float32) - 1.0)

@@ -1,0 +1,175 @@
+"""Machinery shared by the Adafactor-MLP learned optimizers: state, update loop, optax adapter.
+
+A subclass only says how the MLP outputs (and the accumulators) become a parameter change:
+:class:`~lopt.optimizers.Blackbox` uses the blackbox step alone, :class:`~lopt.optimizers.STAR`
+adds a nominal descent term, preconditioning and weight decay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.optimizers.features import (
+    NUM_INPUTS,
+    AccumulatorConfig,
+    LeafState,
+    as_tensor,
+    init_leaf_state,
+    leaf_features,
+    time_features,
+    update_accumulators,
+)
+from lopt.optimizers.mlp import fused_mlp, init_mlp
+
+# How many consecutive non-finite gradients the optax front-end skips before it lets them
+# through (see ``as_optax``).
+DEFAULT_MAX_NONFINITE_SKIPS = 5
+
+
+class LearnedOptState(NamedTuple):
+    """``step``: inner step counter (int32, drives the time features); ``leaves``: one
+    :class:`~lopt.optimizers.features.LeafState` per parameter tensor, in the params' tree."""
+
+    step: jax.Array
+    leaves: Any
+
+
+def num_meta_params(theta) -> int:
+    """Number of scalar meta-parameters in ``theta``."""
+    return int(sum(x.size for x in jax.tree.leaves(theta)))
+
+
+@dataclasses.dataclass(frozen=True)
+class AdafactorMLPBase:
+    """Shared fields: the accumulators and the per-coordinate MLP ``39 -> hidden -> outputs``.
+
+    Attributes:
+        hidden_sizes: widths of the hidden layers (paper: ``(4, 4)``).
+        accumulators: initial decays of the momenta and second moments.
+        step_multiplier: ``lambda_s`` in ``s_bb = lambda_s * d * exp(lambda_0 * m)``.
+        magnitude_multiplier: ``lambda_0``.
+    """
+
+    name: ClassVar[str] = "adafactor_mlp"
+
+    hidden_sizes: tuple[int, ...] = (4, 4)
+    accumulators: AccumulatorConfig = dataclasses.field(default_factory=AccumulatorConfig)
+    step_multiplier: float = 1e-3
+    magnitude_multiplier: float = 1e-3
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        if isinstance(self.accumulators, dict):
+            object.__setattr__(self, "accumulators", AccumulatorConfig(**self.accumulators))
+        if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive, got {self.hidden_sizes}")
+        if self.step_multiplier < 0:
+            raise ValueError(f"step_multiplier must be >= 0, got {self.step_multiplier}")
+        if self.magnitude_multiplier < 0:
+            raise ValueError(f"magnitude_multiplier must be >= 0, got {self.magnitude_multiplier}")
+
+    # -- architecture -------------------------------------------------------------------
+    @property
+    def num_outputs(self) -> int:
+        """Direction ``d`` and magnitude ``m``; subclasses add controller outputs."""
+        return 2
+
+    def config(self) -> dict:
+        """JSON-serializable architecture and switches (stored with saved meta-parameters)."""
+        return json_ready(dataclasses.asdict(self))
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    # -- LearnedOptimizer protocol -----------------------------------------------------
+    def init(self, key: jax.Array) -> dict:
+        sizes = (NUM_INPUTS, *self.hidden_sizes, self.num_outputs)
+        return {"mlp": init_mlp(key, sizes), "decays": self.accumulators.init_theta()}
+
+    def init_state(self, theta, params) -> LearnedOptState:
+        del theta
+        return LearnedOptState(
+            step=jnp.zeros((), jnp.int32), leaves=jax.tree.map(init_leaf_state, params)
+        )
+
+    def deltas(self, theta, state: LearnedOptState, grads, params):
+        """Parameter changes ``new_params - params`` and the new state (the pure core)."""
+        decays = self.accumulators.decays(theta["decays"])
+        tfeat = time_features(state.step)
+        treedef = jax.tree.structure(params)
+        p_leaves = treedef.flatten_up_to(params)
+        g_leaves = treedef.flatten_up_to(grads)
+        s_leaves = treedef.flatten_up_to(state.leaves)
+        deltas, new_leaves = [], []
+        for p, g, st in zip(p_leaves, g_leaves, s_leaves, strict=True):
+            p32 = as_tensor(jnp.asarray(p)).astype(jnp.float32)
+            g32 = as_tensor(jnp.asarray(g)).astype(jnp.float32)
+            st = update_accumulators(st, g32, decays)
+            feats = leaf_features(p32, g32, st)
+            outs = fused_mlp(theta["mlp"], feats.channels, feats.rms, tfeat, p32.shape)
+            delta = self.leaf_delta(outs, p32, g32, st)
+            deltas.append(delta.reshape(jnp.shape(p)).astype(jnp.asarray(p).dtype))
+            new_leaves.append(st)
+        new_state = LearnedOptState(
+            step=state.step + 1, leaves=jax.tree.unflatten(treedef, new_leaves)
+        )
+        return jax.tree.unflatten(treedef, deltas), new_state
+
+    def leaf_delta(self, outs, p, g, st: LeafState) -> jax.Array:
+        raise NotImplementedError
+
+    def blackbox_step(self, outs) -> jax.Array:
+        """``s_bb = lambda_s * d * exp(lambda_0 * m)`` from the first two MLP outputs."""
+        d, m = outs[0], outs[1]
+        return self.step_multiplier * d * jnp.exp(self.magnitude_multiplier * m)
+
+    def update(self, theta, opt_state, grads, params, *, loss=None):
+        """One step; ``loss`` is accepted for API symmetry and not used by the features."""
+        del loss
+        deltas, new_state = self.deltas(theta, opt_state, grads, params)
+        return jax.tree.map(jnp.add, params, deltas), new_state
+
+    def as_optax(
+        self, theta, *, max_nonfinite_skips: int = DEFAULT_MAX_NONFINITE_SKIPS
+    ) -> optax.GradientTransformationExtraArgs:
+        """This optimizer with fixed ``theta`` as an optax transformation.
+
+        ``update(grads, state, params, **extra)`` needs ``params`` (the features and weight
+        decay read them); extra keyword arguments such as ``loss=`` are accepted and ignored.
+        No horizon or total step count is needed.
+
+        Non-finite gradients: the step is skipped (zero update, accumulators untouched) and
+        counted in ``state.notfinite_count`` (``optax.apply_if_finite``). After
+        ``max_nonfinite_skips`` consecutive bad steps the non-finite values are let through, so
+        a genuinely diverged run shows up as NaN parameters instead of silently stalling.
+        """
+
+        def init_fn(params):
+            return self.init_state(theta, params)
+
+        def update_fn(updates, state, params=None, **extra):
+            del extra
+            if params is None:
+                raise ValueError(
+                    f"lopt {self.name}: update() needs params (weight decay and the parameter "
+                    "feature read them): call update(grads, state, params)"
+                )
+            return self.deltas(theta, state, updates, params)
+
+        inner = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+        return optax.apply_if_finite(inner, max_consecutive_errors=max_nonfinite_skips)
+
+
+def json_ready(obj):
+    """Tuples to lists, recursively, so a config round-trips through JSON."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj

@@ -1,0 +1,75 @@
+"""The per-coordinate MLP shared by every coordinate of every tensor, written fused.
+
+A naive implementation stacks the features into a ``[num_params, 39]`` matrix and multiplies;
+that costs a full extra copy of the parameters per feature and measured ~7x slower here. We
+instead write each hidden unit as a weighted sum of feature arrays,
+``h_j = relu(sum_k (W[k, j] / rms_k) f_k + b'_j)``, where the RMS normalizers are folded into the
+weights (scalars) and the 11 time features, equal for every coordinate, are folded into the bias
+``b'_j``. XLA fuses this into one elementwise loop over the tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def init_mlp(key: jax.Array, sizes: Sequence[int]) -> dict:
+    """Truncated-normal weights with std ``1/sqrt(fan_in)``, zero biases.
+
+    Returns ``{"w0": (sizes[0], sizes[1]), "b0": ..., "w1": ..., ...}``.
+    """
+    params = {}
+    keys = jax.random.split(key, len(sizes) - 1)
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        std = 1.0 / jnp.sqrt(fan_in)
+        w = jax.random.truncated_normal(keys[i], -2.0, 2.0, (fan_in, fan_out), jnp.float32)
+        params[f"w{i}"] = w * std
+        params[f"b{i}"] = jnp.zeros((fan_out,), jnp.float32)
+    return params
+
+
+def num_layers(mlp: dict) -> int:
+    return len([k for k in mlp if k.startswith("w")])
+
+
+def fused_mlp(
+    mlp: dict,
+    channels: Sequence[jax.Array],
+    rms: jax.Array,
+    global_inputs: jax.Array,
+    shape: tuple[int, ...],
+) -> list[jax.Array]:
+    """Apply the MLP to every coordinate; returns one array of ``shape`` per output.
+
+    Args:
+        mlp: weights from :func:`init_mlp`; the first layer has ``len(channels) +
+            len(global_inputs)`` inputs, in that order.
+        channels: per-coordinate feature arrays, each broadcastable to ``shape``.
+        rms: normalizer of each channel (the channel is divided by it).
+        global_inputs: inputs that are the same for every coordinate (time features).
+        shape: the parameter's shape.
+    """
+    n_ch = len(channels)
+    w0 = mlp["w0"]
+    coef = w0[:n_ch] / rms[:, None]  # (n_ch, hidden)
+    bias = mlp["b0"] + global_inputs @ w0[n_ch:]
+    hidden = []
+    for j in range(w0.shape[1]):
+        acc = bias[j]
+        for k in range(n_ch):
+            acc = acc + coef[k, j] * channels[k]
+        hidden.append(jax.nn.relu(jnp.broadcast_to(acc, shape)))
+    layers = num_layers(mlp)
+    for layer in range(1, layers):
+        w, b = mlp[f"w{layer}"], mlp[f"b{layer}"]
+        out = []
+        for j in range(w.shape[1]):
+            acc = b[j]
+            for k, h in enumerate(hidden):
+                acc = acc + w[k, j] * h
+            out.append(acc)
+        hidden = out if layer == layers - 1 else [jax.nn.relu(h) for h in out]
+    return hidden

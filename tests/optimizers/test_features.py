@@ -1,0 +1,121 @@
+"""The shared feature recipe: bounded decays, accumulators, normalization, fusion."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lopt.optimizers import STAR, AccumulatorConfig, Blackbox, bounded_decay
+from lopt.optimizers.features import (
+    NUM_INPUTS,
+    NUM_TENSOR_FEATURES,
+    factored_dims,
+    init_leaf_state,
+    leaf_features,
+    time_features,
+    update_accumulators,
+)
+
+
+def test_decay_equals_base_at_zero_and_matches_paper_form_nearby():
+    base = jnp.array([0.9, 0.99, 0.999])
+    np.testing.assert_allclose(bounded_decay(base, jnp.zeros(3)), base, rtol=1e-6)
+    # The paper's form: 1 - (1 - b0) exp(10 theta); agree to first order near theta = 0.
+    th = 1e-3
+    paper = 1 - (1 - base) * np.exp(10 * th)
+    ours = bounded_decay(base, jnp.full(3, th))
+    np.testing.assert_allclose(1 - ours, 1 - paper, rtol=2e-3)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 10.0, 1e3, 1e30])
+def test_decays_stay_in_open_unit_interval_for_any_theta(scale):
+    theta = scale * jax.random.normal(jax.random.PRNGKey(1), (1000,))
+    theta = jnp.concatenate([theta, jnp.array([jnp.inf, -jnp.inf, 0.0])])
+    for b0 in (0.5, 0.9, 0.999):
+        d = np.asarray(bounded_decay(jnp.array(b0), theta))
+        assert np.all((d > 0) & (d < 1)), (b0, d.min(), d.max())
+
+
+def test_extreme_theta_decays_keep_accumulators_finite():
+    opt = STAR()
+    theta = opt.init(jax.random.PRNGKey(0))
+    decays = AccumulatorConfig().decays(jax.tree.map(lambda x: x - 1e6, theta["decays"]))
+    for v in jax.tree.leaves(decays):
+        assert np.all((np.asarray(v) > 0) & (np.asarray(v) < 1))
+    params = {"w": jnp.ones((4, 3))}
+    state = opt.init_state(theta, params)
+    theta_bad = {**theta, "decays": jax.tree.map(lambda x: x - 1e6, theta["decays"])}
+    for _ in range(5):
+        params, state = opt.update(theta_bad, state, {"w": jnp.ones((4, 3))}, params)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves((params, state)))
+
+
+def test_factored_dims_are_the_two_largest():
+    assert factored_dims((7,)) is None
+    assert factored_dims(()) is None
+    assert factored_dims((5, 3)) == (1, 0)
+    assert factored_dims((3, 3, 16, 32)) == (2, 3)
+
+
+def test_accumulators_by_hand_for_a_matrix():
+    g = jax.random.normal(jax.random.PRNGKey(2), (6, 4))
+    st = init_leaf_state(g)
+    decays = AccumulatorConfig().decays(AccumulatorConfig().init_theta())
+    st = update_accumulators(st, g, decays)
+    st = update_accumulators(st, 2 * g, decays)
+    g2 = np.asarray(g) ** 2
+    for i, b in enumerate((0.9, 0.99, 0.999)):
+        np.testing.assert_allclose(st.m[i], (1 - b) * (b * g + 2 * g), rtol=1e-4)
+        # largest dim is 0 (6 rows): row stats average over it, column stats over dim 1.
+        np.testing.assert_allclose(st.row[i], (1 - b) * (b + 4) * g2.mean(0), rtol=1e-4)
+        np.testing.assert_allclose(st.col[i], (1 - b) * (b + 4) * g2.mean(1), rtol=1e-4)
+    np.testing.assert_allclose(st.v, 0.001 * (0.999 + 4) * g2, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (6, 4), (3, 3, 2, 5)])
+def test_features_have_unit_rms_after_normalization(shape):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(3))
+    p = jax.random.normal(k1, shape)
+    g = jax.random.normal(k2, shape)
+    st = init_leaf_state(p)
+    decays = AccumulatorConfig().decays(AccumulatorConfig().init_theta())
+    for _ in range(3):
+        st = update_accumulators(st, g, decays)
+    feats = leaf_features(p, g, st)
+    assert len(feats.channels) == NUM_TENSOR_FEATURES
+    for ch, r in zip(feats.channels, np.asarray(feats.rms), strict=True):
+        full = np.broadcast_to(np.asarray(ch), shape)
+        assert np.all(np.isfinite(full))
+        rms = np.sqrt(np.mean((full / r) ** 2))
+        assert rms <= 1.0 + 1e-4
+        if np.mean(full**2) > 1e-3:
+            assert rms == pytest.approx(1.0, rel=1e-2)
+
+
+def test_time_features():
+    t = np.asarray(time_features(jnp.array(10)))
+    assert t.shape == (NUM_INPUTS - NUM_TENSOR_FEATURES,) == (11,)
+    np.testing.assert_allclose(t[2], np.tanh(0.0), atol=1e-7)  # tau = 10
+    np.testing.assert_allclose(t[0], np.tanh(9.0), rtol=1e-6)
+
+
+def test_about_two_hundred_meta_parameters():
+    from lopt.optimizers import num_meta_params
+
+    assert num_meta_params(Blackbox().init(jax.random.PRNGKey(0))) == 39 * 4 + 4 + 20 + 10 + 7
+
+
+@pytest.mark.parametrize("opt", [STAR(), Blackbox()], ids=["star", "blackbox"])
+def test_update_never_materializes_a_feature_matrix(opt):
+    """The fused MLP must not build a [num_params, num_features] array (speed, memory)."""
+    params = {"w": jnp.ones((96, 80))}
+    theta = opt.init(jax.random.PRNGKey(0))
+    state = opt.init_state(theta, params)
+    hlo = jax.jit(opt.update).lower(theta, state, params, params).compile().as_text()
+    n = 96 * 80
+    for width in range(4, NUM_INPUTS + 1):
+        for pattern in (rf"f32\[{n},{width}\]", rf"f32\[{width},{n}\]",
+                        rf"f32\[96,80,{width}\]", rf"f32\[{width},96,80\]"):
+            assert not re.search(pattern, hlo), pattern

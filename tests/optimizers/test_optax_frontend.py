@@ -1,0 +1,125 @@
+"""STAR and Blackbox as drop-in optax optimizers in ordinary training loops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt
+from lopt.optimizers import STAR, OptaxOptimizer, hand_designed
+
+
+def odd_params():
+    k = jax.random.PRNGKey(0)
+    return {
+        "scale": jnp.array(1.5),
+        "bias": jnp.zeros((4,)),
+        "dense": {"kernel": jax.random.normal(k, (6, 4)), "nested": {"b": jnp.ones((2,))}},
+        "conv": jax.random.normal(jax.random.fold_in(k, 1), (3, 3, 2, 4)),
+    }
+
+
+def loss_fn(p):
+    total = (p["scale"] - 0.3) ** 2
+    for leaf in jax.tree.leaves({k: v for k, v in p.items() if k != "scale"}):
+        total = total + jnp.sum((leaf - 0.5) ** 2)
+    return total
+
+
+@pytest.mark.parametrize("make", [lopt.star, lopt.blackbox], ids=["star", "blackbox"])
+def test_ordinary_optax_loop_any_pytree_under_jit(make):
+    tx = make()
+    params = odd_params()
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params, loss=loss)  # loss= accepted
+        return optax.apply_updates(params, updates), state, loss
+
+    first = None
+    for _ in range(30):
+        params, state, loss = step(params, state)
+        first = first if first is not None else float(loss)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, odd_params())
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+    if make is lopt.star:
+        assert float(loss_fn(params)) < first
+    # loss is optional
+    updates, _ = tx.update(jax.grad(loss_fn)(params), state, params)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
+def test_update_without_params_is_a_clear_error():
+    tx = lopt.star()
+    params = odd_params()
+    state = tx.init(params)
+    with pytest.raises(ValueError, match="needs params"):
+        tx.update(params, state)
+
+
+def test_vmap_over_independent_problems_matches_loop():
+    tx = lopt.star()
+    keys = jax.random.split(jax.random.PRNGKey(1), 4)
+    params = jax.vmap(lambda k: {"w": jax.random.normal(k, (5, 3)), "b": jnp.zeros(3)})(keys)
+
+    def one(p):
+        s = tx.init(p)
+        for _ in range(3):
+            g = jax.grad(lambda q: jnp.sum(q["w"] ** 2) + jnp.sum((q["b"] - 1) ** 2))(p)
+            u, s = tx.update(g, s, p)
+            p = optax.apply_updates(p, u)
+        return p
+
+    batched = jax.jit(jax.vmap(one))(params)
+    for i in range(4):
+        single = one(jax.tree.map(lambda x, i=i: x[i], params))
+        jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7),
+                     batched, single)
+
+
+def test_nonfinite_gradients_are_skipped_counted_then_surface():
+    tx = lopt.star(max_nonfinite_skips=2)
+    params = {"w": jnp.ones((3, 2))}
+    state = tx.init(params)
+    good = {"w": jnp.full((3, 2), 0.1)}
+    bad = {"w": jnp.array([[1.0, jnp.nan], [0.0, 0.0], [jnp.inf, 0.0]])}
+    u, state = tx.update(good, state, params)
+    params = optax.apply_updates(params, u)
+    before = jax.tree.map(np.asarray, state.inner_state)
+    for i in range(2):
+        u, state = tx.update(bad, state, params)
+        assert np.all(np.asarray(u["w"]) == 0.0)  # skipped
+        assert int(state.notfinite_count) == i + 1
+        jax.tree.map(np.testing.assert_array_equal, state.inner_state, before)
+    # Past the limit the non-finite values are let through: a diverged run is visible.
+    u, state = tx.update(bad, state, params)
+    assert not np.all(np.isfinite(np.asarray(u["w"])))
+    # A finite step resets the counter of consecutive errors.
+    tx2 = lopt.star(max_nonfinite_skips=2)
+    s2 = tx2.init(params)
+    _, s2 = tx2.update(bad, s2, params)
+    _, s2 = tx2.update(good, s2, params)
+    assert int(s2.notfinite_count) == 0
+
+
+def test_optax_wrapper_runs_hand_designed_in_the_same_interface():
+    opt = OptaxOptimizer(hand_designed("adam", 1e-2))
+    theta = opt.init(jax.random.PRNGKey(0))
+    assert theta == {}
+    params = {"w": jnp.ones(3)}
+    state = opt.init_state(theta, params)
+    new, state = opt.update(theta, state, {"w": jnp.ones(3)}, params, loss=jnp.array(1.0))
+    np.testing.assert_allclose(new["w"], 1 - 1e-2, rtol=1e-5)
+    with pytest.raises(ValueError, match="choose one of"):
+        hand_designed("lion", 1e-3)
+    with pytest.raises(ValueError, match="> 0"):
+        hand_designed("adam", -1.0)
+
+
+def test_star_is_an_ordinary_learned_optimizer_object():
+    from lopt.optimizers import LearnedOptimizer
+
+    assert isinstance(STAR(), LearnedOptimizer)
