@@ -20,7 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["Linearization", "StabilityReport", "step_map", "linearize", "stability_report"]
+__all__ = [
+    "Linearization",
+    "StabilityReport",
+    "step_map",
+    "linearize",
+    "warm_state",
+    "stability_report",
+]
 
 
 def _is_float(leaf) -> bool:
@@ -102,8 +109,36 @@ class Linearization:
 def linearize(optimizer, theta, opt_state, params, H, mu=None) -> Linearization:
     """Jacobian of ``(params, opt_state) -> next (params, opt_state)`` on the quadratic (jacfwd)."""
     f, z0, d = step_map(optimizer, theta, opt_state, params, H, mu)
-    J = jax.jacfwd(f)(z0)
+    J = jax.jit(jax.jacfwd(f))(z0)  # one compiled call beats op-by-op dispatch for real LOs
     return Linearization(np.asarray(J), d)
+
+
+def _quadratic_run(optimizer, theta, params, opt_state, H, mu, steps: int):
+    def body(carry, _):
+        p, st = carry
+        diff = p - mu
+        g = H @ diff
+        return optimizer.update(theta, st, g, p, loss=0.5 * diff @ g), None
+
+    (params, opt_state), _ = jax.lax.scan(body, (params, opt_state), None, length=steps)
+    return params, opt_state
+
+
+def warm_state(optimizer, theta, params, H, mu=None, steps: int = 100, opt_state=None):
+    """Run ``steps`` real optimizer steps on the quadratic (one jitted scan); returns
+    ``(params, opt_state)``, e.g. to linearize at a state with filled accumulators.
+
+    ``params`` is a flat vector here (the quadratic acts on it directly).
+    """
+    params = jnp.asarray(params)
+    d = params.shape[0]
+    H = jnp.asarray(H, params.dtype)
+    H = H * jnp.eye(d, dtype=params.dtype) if H.ndim == 0 else (jnp.diag(H) if H.ndim == 1 else H)
+    mu = jnp.zeros(d, params.dtype) if mu is None else jnp.asarray(mu, params.dtype)
+    if opt_state is None:
+        opt_state = optimizer.init_state(theta, params)
+    run = jax.jit(lambda p, s: _quadratic_run(optimizer, theta, p, s, H, mu, steps))
+    return run(params, opt_state)
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,14 +187,7 @@ def _warm_point(optimizer, theta, dim: int, warmup_steps: int, param_scale: floa
         mu = phi0 - jnp.where(h > 0, s / jnp.where(h > 0, h, 1.0), 0.0) * u
         H = h * jnp.eye(dim)
         state = optimizer.init_state(theta, phi0)
-
-        def body(carry, _):
-            params, st = carry
-            diff = params - mu
-            g = H @ diff
-            return optimizer.update(theta, st, g, params, loss=0.5 * diff @ g), None
-
-        (params, state), _ = jax.lax.scan(body, (phi0, state), None, length=warmup_steps)
+        params, state = _quadratic_run(optimizer, theta, phi0, state, H, mu, warmup_steps)
         f, z0, _ = step_map(optimizer, theta, state, params, H, mu)
         grad_rms = jnp.sqrt(jnp.mean((H @ (params - mu)) ** 2))
         return jax.jacfwd(f)(z0), grad_rms
