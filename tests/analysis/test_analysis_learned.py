@@ -74,3 +74,15 @@ def test_cli_star_and_saved_path(tmp_path, capsys):
     again = json.loads(captured.out)
     assert again["spectral_radius"] == pytest.approx(out["spectral_radius"], rel=1e-5)
     assert "does not apply" in captured.err and "note" in again
+
+
+def test_cli_map_of_star(tmp_path, capsys):
+    from lopt.cli.main import main
+
+    out = tmp_path / "smap"
+    argv = ["stability", "map", "--optimizer", "star", "--out", str(out), "--resolution", "3"]
+    assert main([*argv, "--dim", "3", "--warmup", "10", "--curvature", "0.1,10"]) == 0
+    data = json.loads((out / "map.json").read_text())
+    assert data["x_name"] == "grad_scale" and data["y_name"] == "curvature"
+    assert np.all(np.isfinite(np.array(data["spectral_radius"], dtype=float)))
+    assert (out / "map.png").exists() and (out / "config.json").exists()

@@ -127,3 +127,28 @@ def test_map_beta_axis(tmp_path):
 def test_learned_path_that_does_not_exist_is_unknown(capsys):
     code = _exit_code(["stability", "--optimizer", "/nope/theta.safetensors", "--curvature", "1"])
     assert code == 2 and "unknown optimizer" in capsys.readouterr().err
+
+
+def test_meta_linear_writes_e1_outputs(tmp_path, capsys):
+    out = tmp_path / "e1"
+    assert main(["stability", "meta-linear", "--out", str(out), "--outer-steps", "4"]) == 0
+    assert "linear" in capsys.readouterr().out
+    data = json.loads((out / "e1.json").read_text())
+    assert set(data) == {"linear", "nominal", "nominal_wd"}
+    assert len(data["linear"]["spectral_radius"]) == 5
+    assert (out / "e1.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["nominal_wd"]["final_spectral_radius"] < 1
+    assert json.loads((out / "config.json").read_text())["command"] == "stability meta-linear"
+
+
+def test_package_exports_are_lazy_and_resolve():
+    import lopt.analysis as A
+
+    assert A.build("sgd", 1.0, 0.5).spectral_radius() == pytest.approx(0.5)
+    assert callable(A.stability_map) and callable(A.stability_report)
+    from lopt.analysis.linearize import linearize
+
+    assert callable(linearize)
+    with pytest.raises(AttributeError):
+        A.nope  # noqa: B018
