@@ -152,3 +152,19 @@ def test_package_exports_are_lazy_and_resolve():
     assert callable(linearize)
     with pytest.raises(AttributeError):
         A.nope  # noqa: B018
+
+
+def test_map_single_curvature_row_and_bad_range(tmp_path, capsys):
+    out = tmp_path / "row"
+    argv = ["stability", "map", "--optimizer", "sgd", "--curvature", "4", "--out", str(out)]
+    assert main([*argv, "--resolution", "10", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0 < metrics["stable_fraction"] < 1
+    data = json.loads((out / "map.json").read_text())
+    assert data["boundary"] == [pytest.approx(0.5)]
+    assert (
+        _exit_code(
+            ["stability", "map", "--optimizer", "sgd", "--curvature", "-1,2", "--out", str(out)]
+        )
+        == 2
+    )

@@ -296,6 +296,20 @@ def _config(args) -> dict:
     return cfg
 
 
+def _map_curvatures(args, n: int):
+    """The map's y grid: ``LO,HI`` (log-spaced, ``n`` points) or one curvature (a single row)."""
+    import numpy as np
+
+    text = args.curvature or "1e-3,1e2"
+    vals = _floats(text, "--curvature")
+    if len(vals) == 1:
+        if vals[0] < 0:
+            raise _usage(f"--curvature must be >= 0, got {vals[0]}")
+        return np.asarray(vals)
+    lo, hi = _range(text, "--curvature (map range LO,HI)")
+    return np.logspace(np.log10(lo), np.log10(hi), n)
+
+
 def _run_map(args, kind: str) -> int:
     import numpy as np
 
@@ -318,8 +332,7 @@ def _run_map(args, kind: str) -> int:
             kw.pop("beta")
             smap = maps.stability_map(args.optimizer, lrs, hs[0], betas_axis=betas, **kw)
         else:
-            clo, chi = _range(args.curvature or "1e-3,1e2", "--curvature (map range)")
-            hs = np.logspace(np.log10(clo), np.log10(chi), n)
+            hs = _map_curvatures(args, n)
             smap = maps.stability_map(args.optimizer, lrs, hs, **kw)
     else:
         if args.axis == "beta":
@@ -327,12 +340,11 @@ def _run_map(args, kind: str) -> int:
         opt, theta, weights = _load_learned(args)
         _note_lr(args)
         lo, hi = _range(args.grad_scale_range, "--grad-scale-range")
-        clo, chi = _range(args.curvature or "1e-3,1e2", "--curvature (map range)")
         smap = maps.learned_map(
             opt,
             theta,
             np.logspace(np.log10(lo), np.log10(hi), n),
-            np.logspace(np.log10(clo), np.log10(chi), n),
+            _map_curvatures(args, n),
             dim=args.dim,
             warmup_steps=args.warmup,
             seed=args.seed,
