@@ -197,3 +197,19 @@ def test_nqm_matches_its_definition():
     assert float(task.loss(params, batch)) == pytest.approx(0.5 * np.sum(h * d * d), rel=1e-5)
     mus = jax.vmap(task.sample_batch)(jax.random.split(jax.random.key(1), 4000))["mu"]
     assert float(jnp.std(mus)) == pytest.approx(0.3, rel=0.05)
+
+
+def test_patch_conv_matches_lax_convolution():
+    from lopt.tasks.cnn import PatchConv
+
+    for size, stride in ((8, 1), (8, 2), (7, 2), (4, 2)):
+        x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+        layer = PatchConv(5, stride)
+        params = layer.init(jax.random.key(1), x)
+        kernel, bias = params["params"]["kernel"], params["params"]["bias"]
+        ref = jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        got = layer.apply(params, x)
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref + bias, rtol=1e-4, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from lopt.tasks.base import Task
 from lopt.tasks.classify import (
@@ -12,6 +13,40 @@ from lopt.tasks.classify import (
     classifier_task,
 )
 from lopt.tasks.data.base import Dataset
+
+
+class PatchConv(nn.Module):
+    """3x3 "SAME" convolution written as shifted slices + one matmul (im2col).
+
+    Numerically a standard convolution (kernel ``(3, 3, C_in, C_out)``, lecun-normal init,
+    zero bias), but on a CPU XLA runs it (and its gradient) about 8x faster than
+    ``nn.Conv`` at these tiny sizes, which is what meta-training spends its time on.
+    """
+
+    features: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        _, h, w, c = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        s = self.stride
+        oh, ow = -(-h // s), -(-w // s)
+        # XLA's "SAME": total padding (out - 1) * s + 3 - in, the smaller half before.
+        top = max((oh - 1) * s + 3 - h, 0) // 2
+        left = max((ow - 1) * s + 3 - w, 0) // 2
+        xp = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+        r0, c0, rh, rw = 2 - top, 2 - left, (oh - 1) * s + 1, (ow - 1) * s + 1
+        patches = jnp.concatenate(
+            [
+                xp[:, r0 + i : r0 + i + rh : s, c0 + j : c0 + j + rw : s]
+                for i in range(3)
+                for j in range(3)
+            ],
+            axis=-1,
+        )
+        return patches @ kernel.reshape(9 * c, self.features) + bias
 
 
 class CNN(nn.Module):
@@ -26,7 +61,7 @@ class CNN(nn.Module):
             x = x[..., None]
         for i, c in enumerate(self.channels):
             stride = 1 if i == 0 else 2
-            x = act(nn.Conv(c, (3, 3), strides=(stride, stride), padding="SAME")(x))
+            x = act(PatchConv(c, stride)(x))
         x = x.mean(axis=(1, 2))
         return nn.Dense(self.num_classes)(x)
 

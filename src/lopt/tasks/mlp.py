@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 
 from lopt.tasks.base import Task
@@ -29,7 +31,15 @@ class MLP(nn.Module):
 
 
 def _device(data: Dataset | DeviceDataset) -> DeviceDataset:
-    return data if isinstance(data, DeviceDataset) else DeviceDataset.from_dataset(data)
+    """Device arrays with inputs flattened once (gathers from 2-d arrays are cheaper)."""
+    data = data if isinstance(data, DeviceDataset) else DeviceDataset.from_dataset(data)
+    if data.x_train.ndim == 2:
+        return data
+    return dataclasses.replace(
+        data,
+        x_train=data.x_train.reshape(data.x_train.shape[0], -1),
+        x_test=data.x_test.reshape(data.x_test.shape[0], -1),
+    )
 
 
 def mlp_task(
