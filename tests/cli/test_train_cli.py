@@ -129,3 +129,34 @@ def test_optimizer_path_loads_meta_params(tmp_path, monkeypatch):
     assert recs[-1]["loss"] < recs[0]["loss"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["optimizer_kind"] == "path" and cfg["lr"] is None
+
+
+@pytest.mark.parametrize("name", ["star", "blackbox"])
+def test_learned_optimizers_by_name(tmp_path, name):
+    out = tmp_path / name
+    assert train(out, "--task", "quadratic", "--optimizer", name, "--steps", "20") == 0
+    recs = read_metrics(out)
+    assert recs[-1]["step"] == 20 and all(r["loss"] is not None for r in recs)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["optimizer_kind"] == "learned" and cfg["lr"] is None
+
+
+def test_saved_star_meta_params_by_path(tmp_path):
+    import jax
+
+    from lopt.optimizers import STAR
+
+    opt = STAR()
+    path = lopt.save_meta_params(tmp_path / "theta.safetensors", opt.init(jax.random.key(0)), opt)
+    out = tmp_path / "run"
+    assert train(out, "--task", "quadratic", "--optimizer", str(path), "--steps", "20") == 0
+    assert json.loads((out / "config.json").read_text())["optimizer_kind"] == "path"
+
+
+def test_corrupt_meta_params_file_is_a_usage_error(tmp_path, capsys):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"not safetensors")
+    with pytest.raises(SystemExit) as exc:
+        train(tmp_path / "run", "--task", "quadratic", "--optimizer", str(path), "--steps", "5")
+    assert exc.value.code == 2
+    assert "broken.safetensors" in capsys.readouterr().err
