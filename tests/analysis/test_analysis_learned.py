@@ -52,7 +52,7 @@ def test_default_learned_optimizers_linearize_to_finite_eigenvalues(cls):
 def test_star_stability_report_grid():
     opt = optimizers.STAR()
     theta = opt.init(jax.random.PRNGKey(0))
-    rep = stability_report(opt, theta, [0.1, 10.0], [1e-2, 1.0], dim=4, warmup_steps=30)
+    rep = stability_report(opt, theta, [0.1, 10.0], [1e-2, 1.0], dim=4, warmup_steps=20)
     assert rep.spectral_radius.shape == (2, 2)
     assert np.all(np.isfinite(rep.spectral_radius))
 
@@ -81,7 +81,7 @@ def test_cli_map_of_star(tmp_path, capsys):
 
     out = tmp_path / "smap"
     argv = ["stability", "map", "--optimizer", "star", "--out", str(out), "--resolution", "3"]
-    assert main([*argv, "--dim", "3", "--warmup", "10", "--curvature", "0.1,10"]) == 0
+    assert main([*argv, "--dim", "4", "--warmup", "20", "--curvature", "0.1,10"]) == 0
     data = json.loads((out / "map.json").read_text())
     assert data["x_name"] == "grad_scale" and data["y_name"] == "curvature"
     assert np.all(np.isfinite(np.array(data["spectral_radius"], dtype=float)))

@@ -27,6 +27,10 @@ def test_nqm_hessian_has_the_requested_spectrum():
     np.testing.assert_allclose(np.linalg.eigvalsh(make_nqm(cfg)), np.logspace(-2, np.log10(2), 5))
 
 
+def test_no_outer_step_was_skipped(runs):
+    assert all(r.nonfinite_steps == 0 for r in runs.values())
+
+
 def test_linear_variant_learns_and_drives_stiff_eigenvalue_toward_minus_one(runs):
     r = runs["linear"]
     assert r.meta_loss[-20:].mean() < r.meta_loss[:5].mean() - 0.5  # log-loss: >1.6x faster
@@ -54,7 +58,7 @@ def test_weight_decay_keeps_a_flat_side_margin(runs):
 
 
 def test_result_serializes():
-    r = meta_train_linear(dataclasses.replace(NQMMetaConfig(), outer_steps=3, dim=3))
+    r = meta_train_linear(dataclasses.replace(NQMMetaConfig(), outer_steps=3))
     d = r.to_dict()
     assert len(d["meta_loss"]) == 3 and len(d["spectral_radius"]) == 4
-    assert r.step_matrix().shape == (3, 3)
+    assert r.step_matrix().shape == (8, 8) and d["nonfinite_steps"] == 0

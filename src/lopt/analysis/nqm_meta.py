@@ -16,6 +16,7 @@ and both ends of the real spectrum.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -77,6 +78,7 @@ class NQMMetaResult:
     spectral_radius: np.ndarray  # (outer_steps + 1,) radius of A after 0..outer_steps updates
     min_real: np.ndarray  # most negative real part of eig(A) (stiff side, edge at -1)
     max_real: np.ndarray  # largest real part of eig(A) (flat side, edge at +1)
+    nonfinite_steps: int = 0  # outer steps skipped because the meta-gradient was not finite
 
     def step_matrix(self, theta=None) -> np.ndarray:
         c = self.config
@@ -92,6 +94,7 @@ class NQMMetaResult:
             "spectral_radius": self.spectral_radius.tolist(),
             "min_real": self.min_real.tolist(),
             "max_real": self.max_real.tolist(),
+            "nonfinite_steps": self.nonfinite_steps,
         }
 
 
@@ -107,59 +110,80 @@ def _transition(cfg: NQMMetaConfig, H: np.ndarray, theta: np.ndarray) -> np.ndar
     return (1.0 - cfg.weight_decay) * np.eye(cfg.dim) - S @ H
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_step(dim: int, horizon: int, batch: int, log_loss: bool):
+    """One jitted outer step for a problem shape; every other setting is a traced argument, so
+    the three E1 variants (and repeated runs) share one compilation."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    adam = optax.scale_by_adam()
+
+    def unroll_loss(theta, hyper, H, init_root, key):
+        S = hyper["nominal"] * jnp.eye(dim) + hyper["scale"] * jnp.diag(theta)
+        k0, k1 = jax.random.split(key)
+        phi0 = init_root @ jax.random.normal(k0, (dim,))
+        mus = jnp.sqrt(hyper["noise"]) * jax.random.normal(k1, (horizon, dim))
+
+        def body(phi, mu):
+            diff = phi - mu
+            g = H @ diff
+            return (1.0 - hyper["weight_decay"]) * phi - S @ g, 0.5 * diff @ g
+
+        _, losses = jax.lax.scan(body, phi0, mus)
+        return losses.mean()
+
+    def meta_loss(theta, hyper, H, init_root, key):
+        keys = jax.random.split(key, batch)
+        per_run = jax.vmap(unroll_loss, in_axes=(None, None, None, None, 0))
+        loss = per_run(theta, hyper, H, init_root, keys).mean()
+        return jnp.log(loss) if log_loss else loss
+
+    def init(theta):
+        return adam.init(theta)
+
+    def step(theta, opt_state, hyper, H, init_root, key):
+        loss, grad = jax.value_and_grad(meta_loss)(theta, hyper, H, init_root, key)
+        # past the cliff a meta-gradient can overflow: such a step is skipped and counted
+        ok = jnp.all(jnp.isfinite(grad))
+        updates, new_state = adam.update(jnp.where(ok, grad, 0.0), opt_state)
+        return theta - hyper["outer_lr"] * updates, new_state, loss, ok
+
+    return init, jax.jit(step)
+
+
 def meta_train_linear(cfg: NQMMetaConfig) -> NQMMetaResult:
     """Outer Adam on ``theta`` with exact meta-gradients through ``lax.scan`` unrolls.
 
     Each unroll starts at ``phi_0 ~ N(0, H^{-1})`` (equal initial loss in every eigen-direction) and
     sees fresh minima ``mu_t ~ N(0, noise I)``; the meta-loss is the mean training loss over the
-    horizon (its log with ``log_loss``), averaged over ``batch`` seeded unrolls.
+    horizon (its log with ``log_loss``), averaged over ``batch`` seeded unrolls. Steps whose
+    meta-gradient is not finite are skipped and counted in ``nonfinite_steps``.
     """
     import jax
     import jax.numpy as jnp
-    import optax
 
     H_np = make_nqm(cfg)
     H = jnp.asarray(H_np, jnp.float32)
     init_root = jnp.asarray(np.linalg.cholesky(np.linalg.inv(H_np)), jnp.float32)
-    eye = jnp.eye(cfg.dim)
-
-    def unroll_loss(theta, key):
-        S = cfg.nominal * eye + cfg.perturbation_scale * jnp.diag(theta)
-        k0, k1 = jax.random.split(key)
-        phi0 = init_root @ jax.random.normal(k0, (cfg.dim,))
-        mus = jnp.sqrt(cfg.noise) * jax.random.normal(k1, (cfg.horizon, cfg.dim))
-
-        def body(phi, mu):
-            diff = phi - mu
-            g = H @ diff
-            return (1.0 - cfg.weight_decay) * phi - S @ g, 0.5 * diff @ g
-
-        _, losses = jax.lax.scan(body, phi0, mus)
-        return losses.mean()
-
-    def meta_loss(theta, key):
-        loss = jax.vmap(unroll_loss, in_axes=(None, 0))(theta, jax.random.split(key, cfg.batch))
-        loss = loss.mean()
-        return jnp.log(loss) if cfg.log_loss else loss
-
-    outer = optax.adam(cfg.outer_lr)
-
-    @jax.jit
-    def step(theta, opt_state, key):
-        loss, grad = jax.value_and_grad(meta_loss)(theta, key)
-        # a non-finite meta-gradient past the cliff is skipped, never silently used
-        ok = jnp.all(jnp.isfinite(grad))
-        updates, new_state = outer.update(jnp.where(ok, grad, 0.0), opt_state)
-        return optax.apply_updates(theta, updates), new_state, loss
-
+    hyper = {
+        "nominal": jnp.float32(cfg.nominal),
+        "scale": jnp.float32(cfg.perturbation_scale),
+        "weight_decay": jnp.float32(cfg.weight_decay),
+        "noise": jnp.float32(cfg.noise),
+        "outer_lr": jnp.float32(cfg.outer_lr),
+    }
+    init, step = _compiled_step(cfg.dim, cfg.horizon, cfg.batch, cfg.log_loss)
     theta = jnp.full((cfg.dim,), cfg.theta_init, jnp.float32)
-    opt_state = outer.init(theta)
+    opt_state = init(theta)
     key = jax.random.PRNGKey(cfg.seed)
-    losses, thetas = [], [np.asarray(theta, np.float64)]
+    losses, thetas, skipped = [], [np.asarray(theta, np.float64)], 0
     for _ in range(cfg.outer_steps):
         key, sub = jax.random.split(key)
-        theta, opt_state, loss = step(theta, opt_state, sub)
+        theta, opt_state, loss, ok = step(theta, opt_state, hyper, H, init_root, sub)
         losses.append(float(loss))
+        skipped += int(not bool(ok))
         thetas.append(np.asarray(theta, np.float64))
     eigs = [np.linalg.eigvals(_transition(cfg, H_np, t)) for t in thetas]
     return NQMMetaResult(
@@ -170,4 +194,5 @@ def meta_train_linear(cfg: NQMMetaConfig) -> NQMMetaResult:
         spectral_radius=np.array([np.abs(e).max() for e in eigs]),
         min_real=np.array([e.real.min() for e in eigs]),
         max_real=np.array([e.real.max() for e in eigs]),
+        nonfinite_steps=skipped,
     )
