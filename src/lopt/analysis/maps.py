@@ -189,15 +189,16 @@ def plot_map(smap: StabilityMap, path: str | os.PathLike | None = None) -> bytes
     rho = np.where(np.isfinite(smap.spectral_radius), smap.spectral_radius, 2.0)
     rho = np.clip(rho, 0.0, 2.0)
     # the blue half spans the observed stable radii, so near-1 maps still show their structure
-    norm = colors.TwoSlopeNorm(vmin=min(float(rho.min()), 0.999), vcenter=1.0, vmax=2.0)
+    norm = colors.TwoSlopeNorm(vmin=min(float(rho.min()), 0.9), vcenter=1.0, vmax=2.0)
     mesh = ax.pcolormesh(
         smap.x_values, smap.y_values, rho, cmap="RdBu_r", norm=norm, shading="auto"
     )
-    fig.colorbar(mesh, ax=ax, label="spectral radius (clipped to 2)")
+    cbar = fig.colorbar(mesh, ax=ax, label="spectral radius (clipped to 2)")
+    cbar.set_ticks([norm.vmin, (norm.vmin + 1.0) / 2, 1.0, 1.5, 2.0])
     if rho.shape[0] > 1 and rho.shape[1] > 1 and (rho.min() < 1.0 < rho.max()):
         ax.contour(smap.x_values, smap.y_values, rho, levels=[1.0], colors="k", linewidths=1.5)
     pts = [(b, y) for b, y in zip(smap.boundary, smap.y_values, strict=True) if b is not None]
-    if pts:
+    if pts and smap.x_name == "lr":  # a learned map's radius need not be monotone along x
         bx, by = zip(*pts, strict=True)
         ax.plot(bx, by, "k--", lw=1, label="edge rho = 1")
         ax.legend(loc="lower left")
