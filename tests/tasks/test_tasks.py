@@ -120,8 +120,8 @@ def test_classifier_family_configs_vary_init_scale_activation_and_subset():
     # init scale multiplies every parameter
     cfg = jax.tree.map(lambda x: x[0], cfgs)
     unit = dict(cfg, log_init_scale=jnp.float32(0.0))
-    p1 = fam.task(cfg).init(jax.random.key(3))
-    p0 = fam.task(unit).init(jax.random.key(3))
+    init = jax.jit(lambda c, k: fam.task(c).init(k))
+    p1, p0 = init(cfg, jax.random.key(3)), init(unit, jax.random.key(3))
     k = jax.tree.leaves(p0)[1]
     np.testing.assert_allclose(jax.tree.leaves(p1)[1], k * scales[0], rtol=1e-5)
 
@@ -202,7 +202,7 @@ def test_nqm_matches_its_definition():
 def test_patch_conv_matches_lax_convolution():
     from lopt.tasks.cnn import PatchConv
 
-    for size, stride in ((8, 1), (8, 2), (7, 2), (4, 2)):
+    for size, stride in ((8, 1), (8, 2), (7, 2)):
         x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
         layer = PatchConv(5, stride)
         params = layer.init(jax.random.key(1), x)
