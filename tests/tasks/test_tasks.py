@@ -213,3 +213,21 @@ def test_patch_conv_matches_lax_convolution():
         got = layer.apply(params, x)
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref + bias, rtol=1e-4, atol=1e-5)
+
+
+def test_full_batch_task_ignores_the_key_and_uses_every_example():
+    task = concrete("digits_mlp_fullbatch")
+    a, b = task.sample_batch(jax.random.key(0)), task.sample_batch(jax.random.key(1))
+    from lopt.tasks.data import load_digits
+
+    assert a["x"].shape[0] == len(load_digits().x_train)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_autoencoder_normalizer_is_relative_to_predicting_the_mean():
+    task = concrete("digits_autoencoder")
+    batch = task.sample_batch(jax.random.key(0))
+    params = jax.tree.map(jnp.zeros_like, task.init(jax.random.key(0)))
+    zero = float(task.loss(params, batch))  # predicting 0 is worse than predicting the mean
+    assert float(task.normalizer(zero)) > 1.0
+    assert float(task.normalizer(jnp.nan)) == pytest.approx(1.5)

@@ -79,7 +79,7 @@ def classifier_task(
     name: str,
     model: nn.Module,
     data: DeviceDataset,
-    batch_size: int,
+    batch_size: int | None,
     act_index,
     init_scale=1.0,
     data_offset=0,
@@ -94,13 +94,15 @@ def classifier_task(
         data_offset, subset_size: batches are drawn from the ``subset_size`` training
             examples starting at ``data_offset`` (wrapping); ``data_offset`` may be traced,
             ``subset_size`` is static (``None``: the whole training set).
+        batch_size: ``None`` means full-batch training: every "batch" is the whole training
+            set (deterministic gradients; the key is ignored).
     """
     n = data.num_train
     sub = n if subset_size is None else int(subset_size)
     if not 1 <= sub <= n:
         raise ValueError(f"subset_size must be in [1, {n}], got {subset_size}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None (full batch), got {batch_size}")
     act = activation(act_index)
     bound = classifier_bound(data.num_classes)
     x0 = data.x_train[:1]
@@ -110,6 +112,8 @@ def classifier_task(
         return jax.tree.map(lambda p: p * jnp.asarray(init_scale, p.dtype), params)
 
     def sample_batch(key):
+        if batch_size is None:
+            return {"x": data.x_train, "y": data.y_train}
         idx = jax.random.randint(key, (batch_size,), 0, sub)
         idx = (idx + jnp.asarray(data_offset, jnp.int32)) % n
         return {"x": data.x_train[idx], "y": data.y_train[idx]}

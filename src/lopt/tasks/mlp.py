@@ -45,18 +45,21 @@ def _device(data: Dataset | DeviceDataset) -> DeviceDataset:
 def mlp_task(
     data: Dataset | DeviceDataset,
     hidden: tuple[int, ...] = (32,),
-    batch_size: int = 128,
+    batch_size: int | None = 128,
     activation: str = "relu",
     init_scale: float = 1.0,
     name: str | None = None,
 ) -> Task:
-    """One fixed MLP classification task (full training set, static activation)."""
+    """One fixed MLP classification task (full training set, static activation).
+
+    ``batch_size=None`` trains full-batch (deterministic gradients).
+    """
     data = _device(data)
     hidden = tuple(int(h) for h in hidden)
     if any(h < 1 for h in hidden):
         raise ValueError(f"hidden widths must be >= 1, got {hidden}")
     return classifier_task(
-        name or f"{data.name}_mlp_{'x'.join(map(str, hidden)) or 'linear'}_b{batch_size}",
+        name or f"{data.name}_mlp_{'x'.join(map(str, hidden)) or 'linear'}_b{batch_size or 'full'}",
         MLP(hidden, data.num_classes),
         data,
         batch_size,
@@ -81,4 +84,62 @@ def mlp_family(
         data=data,
         batch_size=batch_size,
         **kwargs,
+    )
+
+
+class AutoEncoder(nn.Module):
+    """``x -> hidden... -> x_hat`` (linear output) on the flattened input."""
+
+    hidden: tuple[int, ...]
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, x, act):
+        x = x.reshape(x.shape[0], -1)
+        for width in self.hidden:
+            x = act(nn.Dense(width)(x))
+        return nn.Dense(self.out_dim)(x)
+
+
+def autoencoder_task(
+    data: Dataset | DeviceDataset,
+    hidden: tuple[int, ...] = (32,),
+    batch_size: int = 128,
+    activation: str = "relu",
+    name: str | None = None,
+) -> Task:
+    """MLP autoencoder with a mean-squared reconstruction loss (labels unused).
+
+    Normalizer: the loss divided by the loss of always predicting the mean input (the
+    "chance level" of a regression), clipped to ``[0, 1.5]``; non-finite -> 1.5.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from lopt.tasks.base import clip_meta_loss
+    from lopt.tasks.classify import activation as act_fn
+
+    data = _device(data)
+    hidden = tuple(int(h) for h in hidden)
+    if not hidden or any(h < 1 for h in hidden):
+        raise ValueError(f"hidden widths must be a non-empty tuple of positive ints: {hidden}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dim = int(data.x_train.shape[1])
+    model = AutoEncoder(hidden, dim)
+    act = act_fn(activation_index(activation))
+    x_train, x_test = data.x_train, data.x_test
+    baseline = float(jnp.mean((x_train - x_train.mean(axis=0)) ** 2))
+    n = x_train.shape[0]
+
+    def mse(params, x):
+        return jnp.mean((model.apply(params, x, act) - x) ** 2)
+
+    return Task(
+        name=name or f"{data.name}_autoencoder_{'x'.join(map(str, hidden))}",
+        init=lambda key: model.init(key, x_train[:1], act),
+        sample_batch=lambda key: {"x": x_train[jax.random.randint(key, (batch_size,), 0, n)]},
+        loss=lambda params, batch: mse(params, batch["x"]),
+        normalizer=lambda value: clip_meta_loss(value / baseline, 1.5),
+        eval_loss=lambda params, key: mse(params, x_test),
     )

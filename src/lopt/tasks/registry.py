@@ -93,6 +93,24 @@ def _digits_mlp_deep():
     return mlp_task(_digits(), hidden=(128, 128, 128), batch_size=128, name="digits_mlp_deep")
 
 
+def _mnist1d_mlp_wide():
+    from lopt.tasks.mlp import mlp_task
+
+    return mlp_task(_mnist1d(), hidden=(256, 256), batch_size=128, name="mnist1d_mlp_wide")
+
+
+def _digits_mlp_fullbatch():
+    from lopt.tasks.mlp import mlp_task
+
+    return mlp_task(_digits(), hidden=(32,), batch_size=None, name="digits_mlp_fullbatch")
+
+
+def _digits_autoencoder():
+    from lopt.tasks.mlp import autoencoder_task
+
+    return autoencoder_task(_digits(), hidden=(32,), batch_size=128, name="digits_autoencoder")
+
+
 def _digits_mlp_family():
     from lopt.tasks.mlp import mlp_family
 
@@ -165,6 +183,12 @@ _ENTRIES: tuple[Entry, ...] = (
           _digits_mlp_deep, "task"),
     Entry("mnist1d_mlp", "MLP 40-32-10 (relu) on MNIST-1D (generated offline), batch 128",
           _mnist1d_mlp, "task"),
+    Entry("mnist1d_mlp_wide", "MLP 40-256-256-10 (relu) on MNIST-1D, batch 128 (wider, deeper)",
+          _mnist1d_mlp_wide, "task"),
+    Entry("digits_mlp_fullbatch", "MLP 64-32-10 (relu) on 8x8 digits, full-batch gradients",
+          _digits_mlp_fullbatch, "task"),
+    Entry("digits_autoencoder", "MLP autoencoder 64-32-64 on 8x8 digits, MSE loss, batch 128",
+          _digits_autoencoder, "task"),
     Entry("digits_cnn", "CNN conv8-conv16(s2)-meanpool-10 on 8x8 digits, batch 128",
           _digits_cnn, "task"),
     Entry("text_lstm", "char LSTM LM (embed 32, hidden 64) on stdlib source, 16x32 tokens",
