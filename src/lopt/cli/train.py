@@ -36,7 +36,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a task with an optimizer; writes metrics.jsonl, config.json, loss.png",
-        description=__doc__.split("\n\n")[0],
+        description="Train one task with one optimizer. Writes OUT/metrics.jsonl (step, loss: "
+        "mean training loss since the previous record, last_loss, eval_loss), OUT/config.json "
+        "and OUT/loss.png. A non-finite loss stops the run with exit status 1.",
     )
     p.add_argument("--task", required=True, help="registered task name (see `lopt tasks`)")
     p.add_argument(
