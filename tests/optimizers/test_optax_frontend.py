@@ -47,9 +47,6 @@ def test_ordinary_optax_loop_any_pytree_under_jit(make):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
     if make is lopt.star:
         assert float(loss_fn(params)) < first
-    # loss is optional
-    updates, _ = tx.update(jax.grad(loss_fn)(params), state, params)
-    assert jax.tree.structure(updates) == jax.tree.structure(params)
 
 
 def test_update_without_params_is_a_clear_error():
@@ -74,8 +71,9 @@ def test_vmap_over_independent_problems_matches_loop():
         return p
 
     batched = jax.jit(jax.vmap(one))(params)
+    one_jit = jax.jit(one)
     for i in range(4):
-        single = one(jax.tree.map(lambda x, i=i: x[i], params))
+        single = one_jit(jax.tree.map(lambda x, i=i: x[i], params))
         jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7),
                      batched, single)
 
@@ -86,8 +84,9 @@ def test_nonfinite_gradients_are_skipped_counted_then_surface():
     state = tx.init(params)
     good = {"w": jnp.full((3, 2), 0.1)}
     bad = {"w": jnp.array([[1.0, jnp.nan], [0.0, 0.0], [jnp.inf, 0.0]])}
-    u, state = tx.update(good, state, params)
+    u, state = tx.update(good, state, params)  # no loss= : it is optional
     params = optax.apply_updates(params, u)
+    assert np.all(np.isfinite(np.asarray(u["w"]))) and np.any(np.asarray(u["w"]) != 0)
     before = jax.tree.map(np.asarray, state.inner_state)
     for i in range(2):
         u, state = tx.update(bad, state, params)

@@ -57,8 +57,11 @@ NOMINAL_FORMULAS = {
 }
 
 
-@pytest.mark.parametrize("nominal", sorted(NOMINAL_FORMULAS))
-@pytest.mark.parametrize("wd,mode", [(0.0, "scaled"), (0.1, "scaled"), (0.05, "raw")])
+@pytest.mark.parametrize(
+    "nominal,wd,mode",
+    [(name, 0.1, "scaled") for name in sorted(NOMINAL_FORMULAS)]
+    + [("adam_aggmo", 0.0, "scaled"), ("adam_aggmo", 0.05, "raw")],
+)
 def test_multiplier_zero_is_nominal_only_by_hand(nominal, wd, mode):
     alpha = 3e-3
     opt = STAR(step_multiplier=0.0, nominal=nominal, alpha=alpha, weight_decay=wd, decay_mode=mode)
