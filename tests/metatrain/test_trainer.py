@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import jax
 import numpy as np
@@ -56,8 +58,8 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, momentum_lo, quad
     full = trainer(tmp_path, momentum_lo, quad_family, "full").run()
 
     def interrupt(step, record):
-        if step == 3:
-            raise KeyboardInterrupt
+        if step == 3:  # a real Ctrl-C: the handler lets the step finish, then checkpoints
+            os.kill(os.getpid(), signal.SIGINT)
 
     # interrupted at step 3 (between checkpoints), resumed with a larger outer_steps
     with pytest.raises(KeyboardInterrupt):
@@ -116,3 +118,18 @@ def test_tbptt_and_es_run(tmp_path, momentum_lo, quad_family):
         out = trainer(tmp_path, momentum_lo, quad_family, est, estimator=est, eval_every=0,
                       outer_steps=2).run()
         assert all(np.isfinite(np.asarray(v)) for v in jax.tree.leaves(out["theta"]))
+
+
+def test_exception_in_callback_checkpoints(tmp_path, momentum_lo, quad_family):
+    def boom(step, record):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path, momentum_lo, quad_family, "k").run(callback=boom)
+    from lopt.metatrain.checkpoint import load_checkpoint
+
+    t = trainer(tmp_path, momentum_lo, quad_family, "k")
+    _, meta = load_checkpoint(tmp_path / "k" / "checkpoint.pkl",
+                              {**t.init_state(), "key": t.key_loop})
+    assert meta["outer_step"] == 1

@@ -46,8 +46,10 @@ def allocate_slots(num_slots: int, weights) -> tuple[int, ...]:
     left out of meta-training.
     """
     n = len(weights)
-    w = jnp.asarray(weights, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-    w = [float(x) for x in (w / w.sum())]
+    total = float(sum(weights))
+    if n == 0 or total <= 0 or any(x < 0 for x in weights):
+        raise ValueError(f"group weights must be >= 0 with a positive sum, got {weights}")
+    w = [float(x) / total for x in weights]
     if num_slots >= n:
         base = [1] * n
         rest = num_slots - n

@@ -216,7 +216,11 @@ class MetaTrainer:
             {
                 "config": self.config.to_dict(),
                 "seed": self.config.seed,
-                "optimizer": repr(self.optimizer),
+                "optimizer": (
+                    self.optimizer.config()
+                    if callable(getattr(self.optimizer, "config", None))
+                    else repr(self.optimizer)
+                ),
                 "slots_per_group": list(self.estimator.slots),
                 "groups": [getattr(g, "name", repr(g)) for g in self.estimator.groups],
                 "inner_steps_per_outer_step": self.estimator.inner_steps_per_step,
@@ -303,9 +307,17 @@ class MetaTrainer:
             do_eval(0)
 
         interrupted = threading.Event()
+
+        def on_sigint(signum, frame):
+            # first Ctrl-C: finish the current step, checkpoint, stop; second: stop now
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            interrupted.set()
+
         old_handler = None
         if threading.current_thread() is threading.main_thread():
-            old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+            old_handler = signal.signal(signal.SIGINT, on_sigint)
+        consistent = True  # False while a step that donated the state's buffers is in flight
         bar = None
         if progress:
             from tqdm import tqdm
@@ -317,10 +329,12 @@ class MetaTrainer:
             with open(self.out / "metrics.jsonl", "a") as metrics:
                 while step < cfg.outer_steps:
                     t0 = time.perf_counter()
+                    consistent = False
                     theta, opt_state, est_state, diag = self._step_fn(
                         state["theta"], state["opt_state"], state["est_state"], jnp.int32(step)
                     )
                     state = {"theta": theta, "opt_state": opt_state, "est_state": est_state}
+                    consistent = True
                     diag = jax.device_get(diag)
                     dt = time.perf_counter() - t0
                     step += 1
@@ -352,7 +366,10 @@ class MetaTrainer:
                     if interrupted.is_set():
                         raise KeyboardInterrupt
         except KeyboardInterrupt:
-            self._checkpoint(state, step, best)
+            if consistent:
+                self._checkpoint(state, step, best)
+            else:  # interrupted inside a step: its inputs were donated; keep the last checkpoint
+                print(f"interrupted mid-step; the last checkpoint in {self.out} is kept")
             raise
         finally:
             if bar is not None:
