@@ -22,27 +22,21 @@ class Entry:
     kind: str  # "task", "family" or "mixture"
 
 
+@functools.cache
 def _digits():
+    """Digits on the device, shared by every digits task of this process."""
     from lopt.tasks.classify import DeviceDataset
     from lopt.tasks.data import load_digits
 
-    return _device_cached("digits", lambda: DeviceDataset.from_dataset(load_digits()))
+    return DeviceDataset.from_dataset(load_digits())
 
 
+@functools.cache
 def _mnist1d():
     from lopt.tasks.classify import DeviceDataset
     from lopt.tasks.data import load_mnist1d
 
-    return _device_cached("mnist1d", lambda: DeviceDataset.from_dataset(load_mnist1d()))
-
-
-_DEVICE_DATA: dict = {}
-
-
-def _device_cached(key, make):
-    if key not in _DEVICE_DATA:
-        _DEVICE_DATA[key] = make()
-    return _DEVICE_DATA[key]
+    return DeviceDataset.from_dataset(load_mnist1d())
 
 
 def _text():

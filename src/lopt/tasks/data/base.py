@@ -61,6 +61,12 @@ class Dataset:
                     f"dataset {self.name!r}: {split} labels outside [0, {self.num_classes})"
                 )
 
+    def frozen(self) -> Dataset:
+        """Mark the arrays read-only (for per-process cached datasets shared by callers)."""
+        for arr in (self.x_train, self.y_train, self.x_test, self.y_test):
+            arr.flags.writeable = False
+        return self
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])

@@ -33,4 +33,4 @@ def load_digits(seed: int = 0) -> Dataset:
         x_test=x[:n_test],
         y_test=y[:n_test],
         num_classes=10,
-    )
+    ).frozen()

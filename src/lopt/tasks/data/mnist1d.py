@@ -61,4 +61,4 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42, use_cache: bool = True
         x_test=arrays["x_test"],
         y_test=arrays["y_test"],
         num_classes=10,
-    )
+    ).frozen()

@@ -81,6 +81,7 @@ def load_stdlib_text(
             "library's .py files there (sysconfig.get_paths()['stdlib'])"
         )
     tokens = encode(b"".join(chunks))
+    tokens.flags.writeable = False  # cached per process and shared by callers
     n_test = int(len(tokens) * eval_fraction)
     return TextCorpus(
         name="stdlib_text",
