@@ -133,7 +133,7 @@ def shape_signature(group) -> tuple:
     return tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves((params, batch)))
 
 
-@pytest.mark.parametrize("name", ["mlp_family", "cnn_family"])
+@pytest.mark.parametrize("name", ["mlp_family", "cnn_family", "mlp_family_small"])
 def test_mixture_groups_share_shapes_within_and_differ_across(name):
     mix = T.get(name)
     assert isinstance(mix, TaskMixture) and as_groups(mix) == mix.groups

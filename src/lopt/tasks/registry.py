@@ -143,6 +143,10 @@ def _mlp_family():
     return TaskMixture("mlp_family", groups)
 
 
+def _mlp_family_small():
+    return TaskMixture("mlp_family_small", (get("digits_mlp_family"), get("mnist1d_mlp_family")))
+
+
 def _cnn_family():
     from lopt.tasks.cnn import cnn_family
 
@@ -195,6 +199,8 @@ _ENTRIES: tuple[Entry, ...] = (
           _mnist1d_mlp_family, "family"),
     Entry("mlp_family", "digits + MNIST-1D MLPs, 3 width/depth/batch groups each (mixture)",
           _mlp_family, "mixture"),
+    Entry("mlp_family_small", "digits + MNIST-1D MLPs of one shape each (2 groups, fast compile)",
+          _mlp_family_small, "mixture"),
     Entry("cnn_family", "digits CNNs, 3 channel/depth/batch groups (mixture)",
           _cnn_family, "mixture"),
 )
