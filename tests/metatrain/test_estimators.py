@@ -137,3 +137,24 @@ def test_allocate_slots():
     assert allocate_slots(8, [1.0, 1.0]) == (4, 4)
     assert sum(allocate_slots(7, [0.2, 0.5, 0.3])) == 7
     assert min(allocate_slots(3, [0.01, 0.98, 0.01])) == 1
+
+
+def test_mixture_groups_are_vmapped_separately_and_weighted_by_slots(momentum_lo):
+    """Two shape groups: TBPTT over a whole run = slot-weighted mean of each group's exact."""
+    from conftest import QuadraticFamily
+    from lopt.tasks.base import TaskMixture
+
+    groups = (QuadraticFamily(dim=4), QuadraticFamily(dim=3, name="q3"))
+    mix = TaskMixture("mix", groups, weights=(0.75, 0.25))
+    est = make(momentum_lo, mix, "tbptt", H, slots=8)
+    assert est.slots == (6, 2)
+    theta = momentum_lo.init(None)
+    state = est.init(theta, jax.random.PRNGKey(0))
+    assert state[0].params["x"].shape == (6, 1, 4) and state[1].params["x"].shape == (2, 1, 3)
+    exact = [
+        flat(exact_meta_grad(momentum_lo, g, theta, s))
+        for g, s in zip(groups, state, strict=True)
+    ]
+    grad, _, diag = jax.jit(est.step)(theta, state, jax.random.PRNGKey(1))
+    np.testing.assert_allclose(flat(grad), (6 * exact[0] + 2 * exact[1]) / 8, rtol=1e-4)
+    assert int(diag["valid_pairs"]) == 8

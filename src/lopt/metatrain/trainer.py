@@ -9,7 +9,9 @@ Files in the output directory:
     config.json         config, seed, versions, slot layout
     metrics.jsonl       one object per outer step (``outer_step, meta_loss, grad_norm,
                         nonfinite_pairs, dropped_pairs, finished_runs, skipped_update,
-                        inner_steps_per_s``; ``eval_loss, eval_final_loss`` when evaluated)
+                        inner_steps_per_s``; ``eval_loss, eval_final_loss`` when evaluated;
+                        ``includes_compile`` on a process's first step, whose time includes
+                        compilation)
     eval.jsonl          the fixed held-out evaluations (outer step 0 included)
     checkpoint.pkl      latest checkpoint (every ``checkpoint_every`` steps, at the end, on Ctrl-C)
     best.safetensors    theta with the best held-out evaluation so far
@@ -348,6 +350,8 @@ class MetaTrainer:
                         "skipped_update": bool(diag["skipped_update"]),
                         "inner_steps_per_s": self.estimator.inner_steps_per_step / dt,
                     }
+                    if step == start + 1:  # this process's first step also compiled
+                        record["includes_compile"] = True
                     if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.outer_steps):
                         record.update(do_eval(step))
                     metrics.write(json.dumps(record) + "\n")
