@@ -99,10 +99,13 @@ def test_pes_over_truncations_matches_exact_and_full_es(momentum_lo, quad_family
     es_grad, _, _ = jax.jit(es.step)(theta, es_state, jax.random.PRNGKey(99))
     assert np.linalg.norm(pes_grad - flat(es_grad)) / np.linalg.norm(flat(es_grad)) < 0.2
 
-    # the run is over: the next step restarts every slot and zeroes the accumulators
+    # the last truncation was credited to all 4 perturbations of the run (acc ~ 2 sigma) ...
+    assert abs(np.std(flat(state[0].acc)) / 0.01 - 2.0) < 0.1
+    # ... then the next step restarts every slot: its accumulator holds one eps (~ sigma)
     _, state, diag = step(theta, state, jax.random.PRNGKey(20))
     assert int(diag["finished_runs"]) == SLOTS
     np.testing.assert_array_equal(np.asarray(state[0].step), H // 4)
+    assert abs(np.std(flat(state[0].acc)) / 0.01 - 1.0) < 0.05
 
 
 def test_pes_accumulator_sums_perturbations(momentum_lo, quad_family):
