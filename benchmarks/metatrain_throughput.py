@@ -92,6 +92,11 @@ def main(argv=None) -> None:
     parser.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
     parser.add_argument("--tasks", default="digits_mlp_family")
     parser.add_argument(
+        "--activation",
+        help="fix the family's activation (e.g. relu); default: the registered family, whose "
+        "per-task activation is traced, so under vmap every candidate activation is computed",
+    )
+    parser.add_argument(
         "--devices",
         type=int,
         default=1,
@@ -109,6 +114,10 @@ def main(argv=None) -> None:
     from lopt.optimizers import STAR, Blackbox, OptaxOptimizer
 
     task = tasks.get(args.tasks)
+    if args.activation:
+        import dataclasses
+
+        task = dataclasses.replace(task, activations=(args.activation,))
     optimizers = {
         "star": STAR(),
         "blackbox": Blackbox(),
@@ -129,6 +138,7 @@ def main(argv=None) -> None:
         "counting": "inner steps = slots x truncation x 2 (antithetic pair) per PES step",
         "config": {
             "tasks": args.tasks,
+            "activation": args.activation or "per-task (relu, tanh, gelu, silu)",
             "slots": args.slots,
             "truncation": args.truncation,
             "estimator": "pes",

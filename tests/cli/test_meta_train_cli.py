@@ -31,9 +31,10 @@ def test_meta_train_smoke_and_resume(tmp_path, capsys):
     assert opt.name == "star" and opt.hidden_sizes == (2,)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["config"]["optimizer_kwargs"] == {"hidden_sizes": [2]}
-    # continue the same run to 3 steps
+    # continue the same run to 3 steps (JAX already runs here: --cpu-devices is reported ignored)
     assert main(["meta-train", "--optimizer", "star", "--outer-steps", "3", "--out", str(out),
-                 "--resume", *SMALL]) == 0
+                 "--resume", "--cpu-devices", "2", *SMALL]) == 0
+    assert "--cpu-devices ignored" in capsys.readouterr().out
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["outer_step"] for r in rows] == [1, 2, 3]
     # the trained theta is usable by `lopt train`
@@ -49,6 +50,7 @@ def test_meta_train_smoke_and_resume(tmp_path, capsys):
         (["--tasks", "nope"], "unknown task 'nope'"),
         (["--opt", "bogus=1"], "bad optimizer_kwargs for star"),
         (["--config", "/nonexistent.toml"], "config file not found"),
+        (["--cpu-devices", "-1"], "--cpu-devices must be >= 0"),
     ],
 )
 def test_meta_train_usage_errors(tmp_path, capsys, argv, message):
