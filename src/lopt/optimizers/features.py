@@ -159,21 +159,32 @@ def update_accumulators(state: LeafState, g: jax.Array, decays: dict) -> LeafSta
 
 
 def channel_rms(channels: list, shape: tuple[int, ...]) -> jax.Array:
-    """RMS over the whole tensor of every channel, in ONE variadic reduction.
+    """RMS over the whole tensor of every channel, with one variadic reduction per shape.
 
     Separate ``mean(f**2)`` reductions cost ~60 ms of XLA compile time each (28 per tensor
-    made compiling an update take seconds) and one pass over memory each; a single variadic
-    ``lax.reduce`` fuses the producers and reads every input once. Channels that broadcast
-    (factored statistics) are broadcast inside the fusion, which gives the same mean.
+    made compiling an update take seconds) and one pass over memory each. Channels of the
+    same shape are reduced together by one variadic ``lax.reduce``, which fuses their
+    producers and reads every input once. Factored statistics keep their reduced shape: the
+    mean of a channel broadcast along a missing axis equals the mean of the small array, and
+    reducing it small avoids a full-size pass (measured ~20% faster update than broadcasting
+    everything into one reduction).
     """
-    squares = tuple(jnp.square(jnp.broadcast_to(c, shape)) for c in channels)
-    zeros = tuple(jnp.zeros((), jnp.float32) for _ in channels)
-    sums = jax.lax.reduce(
-        squares, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b, strict=True)),
-        tuple(range(len(shape))),
-    )
-    size = float(np.prod(shape)) if shape else 1.0
-    return jnp.sqrt(jnp.stack(sums) / size + RMS_EPS)
+    del shape
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, c in enumerate(channels):
+        groups.setdefault(tuple(c.shape), []).append(i)
+    rms: list = [None] * len(channels)
+    for group_shape, idx in groups.items():
+        squares = tuple(jnp.square(channels[i]) for i in idx)
+        zeros = tuple(jnp.zeros((), jnp.float32) for _ in idx)
+        sums = jax.lax.reduce(
+            squares, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b, strict=True)),
+            tuple(range(len(group_shape))),
+        )
+        size = float(np.prod(group_shape)) if group_shape else 1.0
+        for i, total in zip(idx, sums, strict=True):
+            rms[i] = jnp.sqrt(total / size + RMS_EPS)
+    return jnp.stack(rms)
 
 
 class LeafFeatures(NamedTuple):
