@@ -212,7 +212,8 @@ def leaf_features(p: jax.Array, g: jax.Array, st: LeafState) -> LeafFeatures:
         row_feat = col_feat = full
         rsqrt_full = jax.lax.rsqrt(full + FACTORED_EPS)
         rsqrt_row = rsqrt_col = rsqrt_full
-        scale = rsqrt_full
+        fac_g = g[None] * rsqrt_full
+        fac_m = st.m * rsqrt_full
     else:
         d0, d1 = dims
         # Row stats lack d1; column stats lack d0. Re-insert the missing axis to broadcast.
@@ -225,10 +226,11 @@ def leaf_features(p: jax.Array, g: jax.Array, st: LeafState) -> LeafFeatures:
         col_factor = jnp.expand_dims(jax.lax.rsqrt(st.col + FACTORED_EPS), 1 + d0)
         rsqrt_row = jax.lax.rsqrt(row_feat + FACTORED_EPS)
         rsqrt_col = jax.lax.rsqrt(col_feat + FACTORED_EPS)
-        scale = row_factor * col_factor
-
-    fac_g = g[None] * scale  # (3, *shape)
-    fac_m = st.m * scale  # momentum i normalized by factored statistic i
+        # Multiply the small factors in one at a time, never forming row_factor * col_factor:
+        # that full-size product would be shared by several consumers and XLA would write it
+        # to memory (3 extra tensor-sized arrays; measured ~15% of the update's time).
+        fac_g = g[None] * row_factor * col_factor  # (3, *shape)
+        fac_m = st.m * row_factor * col_factor  # momentum i normalized by factored stat i
 
     # Order: g, p, m(3), v, adam(3), rsqrt_v, fac_g(3), row(3), col(3), rsqrt_row(3),
     # rsqrt_col(3), fac_m(3) = 28 channels.
