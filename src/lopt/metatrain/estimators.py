@@ -179,20 +179,7 @@ class PES(GradientEstimator):
             coef = meta_loss[:, 0] / sigma**2
         contrib = jax.tree.map(lambda a: coef.reshape((n,) + (1,) * (a.ndim - 1)) * a, acc)
         ok = jnp.isfinite(coef) & _slot_finite(contrib, n)
-        grad = jax.tree.map(
-            lambda c: jnp.sum(jnp.where(ok.reshape((n,) + (1,) * (c.ndim - 1)), c, 0.0), axis=0),
-            contrib,
-        )
-        # a dropped slot restarts at the next truncation
-        state = state._replace(step=jnp.where(ok, state.step, state.horizon))
-        diag = dict(
-            meta_loss=jnp.mean(meta_loss),
-            nonfinite_pairs=jnp.sum(~jnp.all(finite, axis=1)).astype(jnp.int32),
-            dropped_pairs=jnp.sum(~ok).astype(jnp.int32),
-            valid_pairs=jnp.sum(ok).astype(jnp.int32),
-            finished_runs=jnp.sum(done).astype(jnp.int32),
-        )
-        return grad, state, diag
+        return _combine_slots(contrib, ok, state, meta_loss, finite, done, n)
 
 
 class ES(PES):
@@ -223,19 +210,28 @@ class TruncatedBackprop(GradientEstimator):
             params=params, opt_state=opt_state, step=state.step + unroll.truncation
         )
         ok = jnp.isfinite(meta_loss) & _slot_finite(grads, n)
-        grad = jax.tree.map(
-            lambda c: jnp.sum(jnp.where(ok.reshape((n,) + (1,) * (c.ndim - 1)), c, 0.0), axis=0),
-            grads,
-        )
-        state = state._replace(step=jnp.where(ok, state.step, state.horizon))
-        diag = dict(
-            meta_loss=jnp.mean(meta_loss),
-            nonfinite_pairs=jnp.sum(~jnp.all(finite, axis=1)).astype(jnp.int32),
-            dropped_pairs=jnp.sum(~ok).astype(jnp.int32),
-            valid_pairs=jnp.sum(ok).astype(jnp.int32),
-            finished_runs=jnp.sum(done).astype(jnp.int32),
-        )
-        return grad, state, diag
+        return _combine_slots(grads, ok, state, meta_loss, finite, done, n)
+
+
+def _combine_slots(per_slot, ok, state, meta_loss, finite, done, n):
+    """Sum the valid slots' gradient contributions and build the diagnostics.
+
+    Slots with a non-finite contribution are dropped (not zeroed into the mean) and counted;
+    a dropped slot restarts at the next truncation.
+    """
+    grad = jax.tree.map(
+        lambda c: jnp.sum(jnp.where(ok.reshape((n,) + (1,) * (c.ndim - 1)), c, 0.0), axis=0),
+        per_slot,
+    )
+    state = state._replace(step=jnp.where(ok, state.step, state.horizon))
+    diag = dict(
+        meta_loss=jnp.mean(meta_loss),
+        nonfinite_pairs=jnp.sum(~jnp.all(finite, axis=1)).astype(jnp.int32),
+        dropped_pairs=jnp.sum(~ok).astype(jnp.int32),
+        valid_pairs=jnp.sum(ok).astype(jnp.int32),
+        finished_runs=jnp.sum(done).astype(jnp.int32),
+    )
+    return grad, state, diag
 
 
 def _value_and_grad_aux(fn):
