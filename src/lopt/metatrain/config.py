@@ -32,7 +32,8 @@ class EstimatorConfig:
             rounded to a multiple of ``truncation`` (so runs end on truncation boundaries and a
             finished run's last losses are credited to exactly the perturbations that made them).
         num_slots: task slots advanced in parallel (vmapped, sharded over devices).
-        antithetic: evaluate ``theta + eps`` and ``theta - eps`` on the same data (ES/PES).
+        antithetic: evaluate ``theta + eps`` and ``theta - eps`` on the same data (ES/PES;
+            ignored by tbptt).
         random_offsets: start each slot at a random truncation of its first run so the slots are
             out of phase (otherwise every slot restarts at the same outer step).
     """
@@ -70,8 +71,6 @@ class EstimatorConfig:
             )
         if int(self.num_slots) != self.num_slots or self.num_slots < 1:
             raise ValueError(f"num_slots must be a positive integer, got {self.num_slots!r}")
-        if self.estimator == "tbptt" and not self.antithetic:
-            pass  # antithetic is meaningless for tbptt; accepted and ignored
 
     @property
     def num_particles(self) -> int:
@@ -80,10 +79,9 @@ class EstimatorConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class MetaTrainConfig:
-    """A whole meta-training run.
-
-    Estimator fields are documented on :class:`EstimatorConfig`. The rest:
+class MetaTrainConfig(EstimatorConfig):
+    """A whole meta-training run: the estimator fields (inherited and documented on
+    :class:`EstimatorConfig`, validated by its ``__post_init__``) plus the fields below.
 
     Attributes:
         optimizer: learned optimizer to meta-train, ``star`` or ``blackbox``.
@@ -104,14 +102,6 @@ class MetaTrainConfig:
     optimizer: str = "star"
     optimizer_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     tasks: str = "mlp_family"
-    estimator: str = "pes"
-    sigma: float = 0.01
-    truncation: int = 50
-    horizon_min: int = 200
-    horizon_max: int = 2000
-    num_slots: int = 8
-    antithetic: bool = True
-    random_offsets: bool = True
     outer_lr: float = 1e-3
     lr_schedule: str = "constant"
     warmup_steps: int = 0
@@ -126,7 +116,7 @@ class MetaTrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "optimizer_kwargs", dict(self.optimizer_kwargs))
-        self.estimator_config()  # validates the estimator fields
+        super().__post_init__()
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
@@ -150,6 +140,7 @@ class MetaTrainConfig:
             raise ValueError("eval_tasks and eval_horizon must be >= 1 when evaluating")
 
     def estimator_config(self) -> EstimatorConfig:
+        """The plain :class:`EstimatorConfig` part (what the estimators are built from)."""
         return EstimatorConfig(
             **{f.name: getattr(self, f.name) for f in dataclasses.fields(EstimatorConfig)}
         )
