@@ -62,3 +62,28 @@ def test_result_serializes():
     d = r.to_dict()
     assert len(d["meta_loss"]) == 3 and len(d["spectral_radius"]) == 4
     assert r.step_matrix().shape == (8, 8) and d["nonfinite_steps"] == 0
+
+
+def test_nonfinite_meta_gradient_leaves_theta_and_adam_state_unchanged():
+    """A skipped step is a no-op: with momentum in Adam, a zeroed gradient would still move."""
+    import jax
+    import jax.numpy as jnp
+
+    from lopt.analysis.nqm_meta import _compiled_step
+
+    cfg = NQMMetaConfig(dim=3, horizon=5, batch=2)
+    init, step = _compiled_step(cfg.dim, cfg.horizon, cfg.batch, cfg.log_loss)
+    H_np = make_nqm(cfg)
+    H = jnp.asarray(H_np, jnp.float32)
+    root = jnp.asarray(np.linalg.cholesky(np.linalg.inv(H_np)), jnp.float32)
+    hyper = {k: jnp.float32(v) for k, v in
+             dict(nominal=0.0, scale=1.0, weight_decay=0.0, noise=1e-3, outer_lr=0.1).items()}
+    theta = jnp.full((cfg.dim,), 0.1, jnp.float32)
+    theta, state, _, ok = step(theta, init(theta), hyper, H, root, jax.random.PRNGKey(0))
+    assert bool(ok)  # a real step first, so Adam's moments are non-zero
+    bad = dict(hyper, noise=jnp.float32(np.nan))  # NaN minima: NaN meta-gradient
+    theta2, state2, _, ok2 = step(theta, state, bad, H, root, jax.random.PRNGKey(1))
+    assert not bool(ok2)
+    np.testing.assert_array_equal(np.asarray(theta2), np.asarray(theta))
+    for a, b in zip(jax.tree.leaves(state2), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

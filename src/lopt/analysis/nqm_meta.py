@@ -145,10 +145,13 @@ def _compiled_step(dim: int, horizon: int, batch: int, log_loss: bool):
 
     def step(theta, opt_state, hyper, H, init_root, key):
         loss, grad = jax.value_and_grad(meta_loss)(theta, hyper, H, init_root, key)
-        # past the cliff a meta-gradient can overflow: such a step is skipped and counted
+        # past the cliff a meta-gradient can overflow: such a step is skipped and counted. A
+        # zero gradient would not do: Adam's momentum would still move theta and decay its state
         ok = jnp.all(jnp.isfinite(grad))
         updates, new_state = adam.update(jnp.where(ok, grad, 0.0), opt_state)
-        return theta - hyper["outer_lr"] * updates, new_state, loss, ok
+        new_theta = jnp.where(ok, theta - hyper["outer_lr"] * updates, theta)
+        new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, opt_state)
+        return new_theta, new_state, loss, ok
 
     return init, jax.jit(step)
 
