@@ -160,3 +160,10 @@ def test_corrupt_meta_params_file_is_a_usage_error(tmp_path, capsys):
         train(tmp_path / "run", "--task", "quadratic", "--optimizer", str(path), "--steps", "5")
     assert exc.value.code == 2
     assert "broken.safetensors" in capsys.readouterr().err
+
+
+def test_every_hand_designed_optimizer_has_a_default_lr():
+    from lopt.cli.train import OPTAX_DEFAULT_LR
+    from lopt.optimizers import HAND_DESIGNED
+
+    assert set(OPTAX_DEFAULT_LR) == set(HAND_DESIGNED)

@@ -19,12 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-#: Hand-designed optimizers (optax) and their default learning rates when --lr is omitted.
+#: Hand-designed optimizers (``lopt.optimizers.hand_designed``) and their default learning
+#: rates when --lr is omitted.
 OPTAX_DEFAULT_LR: dict[str, float] = {
     "adam": 1e-3,
     "sgd": 0.1,
     "momentum": 0.01,  # heavy ball, momentum 0.9
-    "adamw": 1e-3,  # weight decay 1e-4 (optax's default)
+    "adamw": 1e-3,  # weight decay 1e-4
 }
 LEARNED = ("star", "blackbox")
 OPTIMIZER_CHOICES = (*OPTAX_DEFAULT_LR, *LEARNED)
@@ -107,14 +108,10 @@ def _make_optimizer(args, kind):
     import optax
 
     if kind == "optax":
+        from lopt.optimizers import hand_designed
+
         lr = args.lr if args.lr is not None else OPTAX_DEFAULT_LR[args.optimizer]
-        tx = {
-            "adam": lambda: optax.adam(lr),
-            "sgd": lambda: optax.sgd(lr),
-            "momentum": lambda: optax.sgd(lr, momentum=0.9),
-            "adamw": lambda: optax.adamw(lr),
-        }[args.optimizer]()
-        return optax.with_extra_args_support(tx), lr
+        return optax.with_extra_args_support(hand_designed(args.optimizer, lr)), lr
     import lopt
 
     if kind == "learned":
