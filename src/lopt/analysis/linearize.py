@@ -35,6 +35,18 @@ def _is_float(leaf) -> bool:
     return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
 
 
+def _hessian_matrix(H, d: int, dtype) -> jax.Array:
+    """``(d, d)`` Hessian from a matrix, a vector of diagonal curvatures or a scalar."""
+    H = jnp.asarray(H, dtype=dtype)
+    if H.ndim == 0:
+        H = H * jnp.eye(d, dtype=dtype)
+    elif H.ndim == 1:
+        H = jnp.diag(H)
+    if H.shape != (d, d):
+        raise ValueError(f"Hessian must act on {d} parameters, got shape {H.shape}")
+    return H
+
+
 def step_map(optimizer, theta, opt_state, params, H, mu=None):
     """The flat one-step map ``z -> z'`` and the point ``z0`` for ``(params, opt_state)``.
 
@@ -45,13 +57,7 @@ def step_map(optimizer, theta, opt_state, params, H, mu=None):
     p_flat, unravel_params = ravel_pytree(params)
     d = p_flat.shape[0]
     dtype = p_flat.dtype
-    H = jnp.asarray(H, dtype=dtype)
-    if H.ndim == 0:
-        H = H * jnp.eye(d, dtype=dtype)
-    elif H.ndim == 1:
-        H = jnp.diag(H)
-    if H.shape != (d, d):
-        raise ValueError(f"Hessian must act on {d} parameters, got shape {H.shape}")
+    H = _hessian_matrix(H, d, dtype)
     mu = jnp.zeros(d, dtype) if mu is None else jnp.broadcast_to(jnp.asarray(mu, dtype), (d,))
 
     leaves, treedef = jax.tree_util.tree_flatten(opt_state)
@@ -133,8 +139,7 @@ def warm_state(optimizer, theta, params, H, mu=None, steps: int = 100, opt_state
     """
     params = jnp.asarray(params)
     d = params.shape[0]
-    H = jnp.asarray(H, params.dtype)
-    H = H * jnp.eye(d, dtype=params.dtype) if H.ndim == 0 else (jnp.diag(H) if H.ndim == 1 else H)
+    H = _hessian_matrix(H, d, params.dtype)
     mu = jnp.zeros(d, params.dtype) if mu is None else jnp.asarray(mu, params.dtype)
     if opt_state is None:
         opt_state = optimizer.init_state(theta, params)

@@ -383,10 +383,11 @@ def _run_meta_linear(args) -> int:
         raise _usage(f"--outer-steps must be >= 1, got {args.outer_steps}")
     out_dir = Path(args.out)
     t0 = time.perf_counter()
-    results = {}
-    for name, kw in VARIANTS.items():
-        cfg = NQMMetaConfig(**kw, outer_steps=args.outer_steps, seed=args.seed)
-        results[name] = meta_train_linear(cfg)
+    configs = {
+        name: NQMMetaConfig(**kw, outer_steps=args.outer_steps, seed=args.seed)
+        for name, kw in VARIANTS.items()
+    }
+    results = {name: meta_train_linear(cfg) for name, cfg in configs.items()}
     from lopt.utils.io import atomic_write_bytes, atomic_write_json
 
     atomic_write_json(out_dir / "e1.json", {k: r.to_dict() for k, r in results.items()})
@@ -405,10 +406,7 @@ def _run_meta_linear(args) -> int:
     }
     metrics["seconds"] = time.perf_counter() - t0
     config = _config(args)
-    config["variants"] = {
-        k: dataclasses.asdict(NQMMetaConfig(**kw, outer_steps=args.outer_steps, seed=args.seed))
-        for k, kw in VARIANTS.items()
-    }
+    config["variants"] = {name: dataclasses.asdict(cfg) for name, cfg in configs.items()}
     _write_run_files(out_dir, config, metrics)
     if args.json:
         print(json.dumps(metrics, indent=2, sort_keys=True))

@@ -79,8 +79,9 @@ class GradientEstimator:
         self.optimizer = optimizer
         self.config = config
         self.groups = as_groups(task)
-        weights = getattr(task, "weights", None) or [1.0] * len(self.groups)
-        self.slots = allocate_slots(config.num_slots, weights)
+        #: relative weight of each group (a mixture's own weights, else equal)
+        self.weights = tuple(getattr(task, "weights", None) or [1.0] * len(self.groups))
+        self.slots = allocate_slots(config.num_slots, self.weights)
         self.unrolls = tuple(
             GroupUnroll(
                 family=g,

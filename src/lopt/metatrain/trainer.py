@@ -131,8 +131,7 @@ class MetaTrainer:
         self._save_theta = save_theta
         root = jax.random.PRNGKey(config.seed)
         self.key_theta, self.key_est, self.key_eval, self.key_loop = jax.random.split(root, 4)
-        weights = getattr(task, "weights", None) or [1.0] * len(self.estimator.groups)
-        self.eval_slots = allocate_slots(config.eval_tasks, weights)
+        self.eval_slots = allocate_slots(config.eval_tasks, self.estimator.weights)
         self._step_fn = None
         self._eval_fn = None
 
