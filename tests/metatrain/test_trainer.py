@@ -101,7 +101,9 @@ def test_outputs_and_learning(tmp_path, momentum_lo, quad_family):
 
 def test_resume_of_finished_run_is_a_noop(tmp_path, momentum_lo, quad_family):
     first = trainer(tmp_path, momentum_lo, quad_family, "r", outer_steps=2).run()
+    (tmp_path / "r" / "config.json").unlink()  # a lost config.json still records the resume
     again = trainer(tmp_path, momentum_lo, quad_family, "r", outer_steps=2).run(resume=True)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["resumed_at"] == [2]
     for k in first["theta"]:
         np.testing.assert_array_equal(np.asarray(first["theta"][k]), np.asarray(again["theta"][k]))
     assert len(read_metrics(tmp_path / "r")) == 2

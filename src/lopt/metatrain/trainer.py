@@ -209,8 +209,9 @@ class MetaTrainer:
 
         path = self.out / "config.json"
         history = []
-        if resumed_at is not None and path.exists():
-            history = json.loads(path.read_text()).get("resumed_at", [])
+        if resumed_at is not None:
+            if path.exists():
+                history = json.loads(path.read_text()).get("resumed_at", [])
             history.append(resumed_at)
         atomic_write_json(
             path,
@@ -385,8 +386,8 @@ class MetaTrainer:
             state["theta"],
             {"outer_step": step, "tasks": cfg.tasks},
         )
-        if start == step:  # nothing ran (already complete): keep the checkpoint as it is
-            self._checkpoint(state, step, best)
+        if start == step:  # nothing ran (already complete, or outer_steps = 0): (re)write the
+            self._checkpoint(state, step, best)  # checkpoint so the directory always holds one
         return {
             "outer_step": step,
             "theta": state["theta"],
