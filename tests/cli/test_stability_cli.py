@@ -102,6 +102,7 @@ def test_map_writes_figure_data_and_config(tmp_path, capsys):
     data = json.loads((out / "map.json").read_text())
     assert len(data["x_values"]) == 12 and len(data["spectral_radius"]) == 12
     h = data["y_values"]
+    assert sum(b is not None for b in data["boundary"]) >= 6  # the edge is inside the lr range
     for b, hi in zip(data["boundary"], h, strict=True):
         if b is not None:  # closed-form edge 2 (1 + beta) / ((1 - beta) h)
             assert b == pytest.approx(2 * 1.5 / (0.5 * hi), rel=1e-6)
@@ -120,8 +121,7 @@ def test_map_beta_axis(tmp_path):
     data = json.loads((out / "map.json").read_text())
     assert data["y_name"] == "beta"
     for b, beta in zip(data["boundary"], data["y_values"], strict=True):
-        if b is not None:
-            assert b == pytest.approx(1 + beta, rel=1e-6)  # 2 (1 + beta) / h with h = 2
+        assert b == pytest.approx(1 + beta, rel=1e-6)  # 2 (1 + beta) / h with h = 2
 
 
 def test_learned_path_that_does_not_exist_is_unknown(capsys):
