@@ -231,3 +231,14 @@ def test_autoencoder_normalizer_is_relative_to_predicting_the_mean():
     zero = float(task.loss(params, batch))  # predicting 0 is worse than predicting the mean
     assert float(task.normalizer(zero)) > 1.0
     assert float(task.normalizer(jnp.nan)) == pytest.approx(1.5)
+
+
+def test_lm_windows_reach_the_end_of_the_corpus():
+    from lopt.tasks.data import TextCorpus
+    from lopt.tasks.lm import LSTMLM, lm_task
+
+    tokens = np.arange(7, dtype=np.uint8)  # windows of 5 may start at 0, 1 or 2
+    corpus = TextCorpus("toy", tokens, tokens, vocab_size=8, files=())
+    task = lm_task("toy", LSTMLM(8, 4, 4), corpus, seq_len=4, batch_size=64, eval_batch_size=1)
+    starts = np.asarray(task.sample_batch(jax.random.key(0))["tokens"])[:, 0]
+    assert set(starts.tolist()) == {0, 1, 2}

@@ -76,7 +76,8 @@ def lm_task(
     window = jnp.arange(seq_len + 1)
 
     def windows(tokens, key, n):
-        starts = jax.random.randint(key, (n,), 0, tokens.shape[0] - seq_len - 1)
+        # a window of seq_len + 1 tokens may start at 0 .. len - seq_len - 1 (maxval exclusive)
+        starts = jax.random.randint(key, (n,), 0, tokens.shape[0] - seq_len)
         return tokens[starts[:, None] + window[None, :]]
 
     def init(key):
