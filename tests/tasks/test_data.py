@@ -206,3 +206,8 @@ def test_cifar_rejects_corrupt_batches(tmp_path, payload):
     (tmp_path / "data_batch_2").write_bytes(payload)
     with pytest.raises(DatasetError, match="data_batch_2"):
         data.load_cifar10(tmp_path)
+
+
+def test_stdlib_text_tiny_eval_fraction_keeps_both_splits():
+    corpus = data.load_stdlib_text.__wrapped__(max_bytes=1000, eval_fraction=1e-4)
+    assert (len(corpus.train), len(corpus.test)) == (999, 1)

@@ -82,7 +82,8 @@ def load_stdlib_text(
         )
     tokens = encode(b"".join(chunks))
     tokens.flags.writeable = False  # cached per process and shared by callers
-    n_test = int(len(tokens) * eval_fraction)
+    # at least one held-out token: with n_test == 0, tokens[:-0] would be an empty train split
+    n_test = max(1, int(len(tokens) * eval_fraction))
     return TextCorpus(
         name="stdlib_text",
         train=tokens[:-n_test],
