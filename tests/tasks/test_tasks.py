@@ -233,6 +233,53 @@ def test_autoencoder_normalizer_is_relative_to_predicting_the_mean():
     assert float(task.normalizer(jnp.nan)) == pytest.approx(1.5)
 
 
+def _toy_images(n_test):
+    from lopt.tasks.data import Dataset
+
+    rng = np.random.default_rng(0)
+    return Dataset(
+        "toy",
+        rng.random((20, 4, 4), dtype=np.float32),
+        rng.integers(0, 3, 20).astype(np.int32),
+        rng.random((n_test, 4, 4), dtype=np.float32),
+        rng.integers(0, 3, n_test).astype(np.int32),
+        num_classes=3,
+    )
+
+
+def test_builders_check_widths_and_name_by_shape():
+    from lopt.tasks.cnn import cnn_family, cnn_task
+    from lopt.tasks.mlp import mlp_family, mlp_task
+
+    ds = _toy_images(5)
+    assert mlp_task(ds, hidden=()).name == "toy_mlp_linear_b128"
+    assert mlp_task(ds, hidden=(8,), batch_size=None).name == "toy_mlp_8_bfull"
+    assert mlp_family(ds, hidden=(8, 4), batch_size=16).name == "toy_mlp_8x4_b16"
+    assert cnn_family(ds, channels=(4,)).name == "toy_cnn_4_b128"
+    for build, kwargs, match in (
+        (mlp_task, {"hidden": (0,)}, "hidden widths"),
+        (mlp_family, {"hidden": (8, -1)}, "hidden widths"),
+        (cnn_task, {"channels": ()}, "channels"),
+        (cnn_family, {"channels": (4, 0)}, "channels"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            build(ds, **kwargs)
+
+
+def test_autoencoder_is_an_mlp_back_to_the_input_and_needs_a_test_split_to_eval():
+    from lopt.tasks.mlp import autoencoder_task
+
+    task = autoencoder_task(_toy_images(5), hidden=(8,), batch_size=4)
+    shapes = jax.tree.map(lambda x: x.shape, jax.eval_shape(task.init, jax.random.key(0)))
+    assert shapes == {"params": {"Dense_0": {"kernel": (16, 8), "bias": (8,)},
+                                 "Dense_1": {"kernel": (8, 16), "bias": (16,)}}}
+    assert math.isfinite(float(task.eval_loss(task.init(jax.random.key(0)), None)))
+    assert autoencoder_task(_toy_images(0), hidden=(8,)).eval_loss is None
+    from lopt.tasks.mlp import mlp_task
+
+    assert mlp_task(_toy_images(0), hidden=(8,)).eval_loss is None
+
+
 def test_lm_windows_reach_the_end_of_the_corpus():
     from lopt.tasks.data import TextCorpus
     from lopt.tasks.lm import LSTMLM, lm_task

@@ -43,6 +43,20 @@ def activation_index(name: str) -> int:
     return ACTIVATION_NAMES.index(name)
 
 
+def layer_widths(widths, what: str, *, allow_empty: bool = False) -> tuple[int, ...]:
+    """``widths`` as a tuple of ints, each >= 1 (and at least one unless ``allow_empty``)."""
+    widths = tuple(int(w) for w in widths)
+    if (not widths and not allow_empty) or any(w < 1 for w in widths):
+        need = "positive ints" if allow_empty else "a non-empty tuple of positive ints"
+        raise ValueError(f"{what} must be {need}, got {widths}")
+    return widths
+
+
+def default_name(data: DeviceDataset, kind: str, widths: tuple[int, ...], batch_size) -> str:
+    """``<dataset>_<kind>_<widths>_b<batch>``, e.g. ``digits_mlp_32_b128`` (group names)."""
+    return f"{data.name}_{kind}_{'x'.join(map(str, widths)) or 'linear'}_b{batch_size or 'full'}"
+
+
 def classifier_bound(num_classes: int) -> float:
     """Meta-loss bound: 1.5 x the loss of a uniform guess (spec section 4)."""
     return 1.5 * math.log(num_classes)

@@ -11,6 +11,8 @@ from lopt.tasks.classify import (
     DeviceDataset,
     activation_index,
     classifier_task,
+    default_name,
+    layer_widths,
 )
 from lopt.tasks.data.base import Dataset
 
@@ -83,11 +85,9 @@ def cnn_task(
     name: str | None = None,
 ) -> Task:
     data = _device(data)
-    channels = tuple(int(c) for c in channels)
-    if not channels or any(c < 1 for c in channels):
-        raise ValueError(f"channels must be a non-empty tuple of positive ints, got {channels}")
+    channels = layer_widths(channels, "channels")
     return classifier_task(
-        name or f"{data.name}_cnn_{'x'.join(map(str, channels))}_b{batch_size}",
+        name or default_name(data, "cnn", channels, batch_size),
         CNN(channels, data.num_classes),
         data,
         batch_size,
@@ -104,9 +104,9 @@ def cnn_family(
     **kwargs,
 ) -> ClassifierFamily:
     data = _device(data)
-    channels = tuple(int(c) for c in channels)
+    channels = layer_widths(channels, "channels")
     return ClassifierFamily(
-        name=name or f"{data.name}_cnn_{'x'.join(map(str, channels))}_b{batch_size}",
+        name=name or default_name(data, "cnn", channels, batch_size),
         model=CNN(channels, data.num_classes),
         data=data,
         batch_size=batch_size,

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
-from lopt.tasks.base import Task
+from lopt.tasks.base import Task, clip_meta_loss
 from lopt.tasks.classify import (
     ClassifierFamily,
     DeviceDataset,
     activation_index,
     classifier_task,
+    default_name,
+    layer_widths,
 )
+from lopt.tasks.classify import activation as activation_fn
 from lopt.tasks.data.base import Dataset
 
 
 class MLP(nn.Module):
-    """``x -> Dense(h1) -> act -> ... -> Dense(num_classes)`` on the flattened input."""
+    """``x -> Dense(h1) -> act -> ... -> Dense(num_classes)`` on the flattened input.
+
+    Also the autoencoder (``num_classes`` = input size, linear output).
+    """
 
     hidden: tuple[int, ...]
     num_classes: int
@@ -35,10 +44,11 @@ def _device(data: Dataset | DeviceDataset) -> DeviceDataset:
     data = data if isinstance(data, DeviceDataset) else DeviceDataset.from_dataset(data)
     if data.x_train.ndim == 2:
         return data
+    dim = math.prod(data.x_train.shape[1:])  # not -1: that fails on an empty test split
     return dataclasses.replace(
         data,
-        x_train=data.x_train.reshape(data.x_train.shape[0], -1),
-        x_test=data.x_test.reshape(data.x_test.shape[0], -1),
+        x_train=data.x_train.reshape(data.x_train.shape[0], dim),
+        x_test=data.x_test.reshape(data.x_test.shape[0], dim),
     )
 
 
@@ -55,11 +65,9 @@ def mlp_task(
     ``batch_size=None`` trains full-batch (deterministic gradients).
     """
     data = _device(data)
-    hidden = tuple(int(h) for h in hidden)
-    if any(h < 1 for h in hidden):
-        raise ValueError(f"hidden widths must be >= 1, got {hidden}")
+    hidden = layer_widths(hidden, "hidden widths", allow_empty=True)
     return classifier_task(
-        name or f"{data.name}_mlp_{'x'.join(map(str, hidden)) or 'linear'}_b{batch_size or 'full'}",
+        name or default_name(data, "mlp", hidden, batch_size),
         MLP(hidden, data.num_classes),
         data,
         batch_size,
@@ -77,28 +85,14 @@ def mlp_family(
 ) -> ClassifierFamily:
     """A same-shape MLP family: init scale, activation and data subset vary per config."""
     data = _device(data)
-    hidden = tuple(int(h) for h in hidden)
+    hidden = layer_widths(hidden, "hidden widths", allow_empty=True)
     return ClassifierFamily(
-        name=name or f"{data.name}_mlp_{'x'.join(map(str, hidden))}_b{batch_size}",
+        name=name or default_name(data, "mlp", hidden, batch_size),
         model=MLP(hidden, data.num_classes),
         data=data,
         batch_size=batch_size,
         **kwargs,
     )
-
-
-class AutoEncoder(nn.Module):
-    """``x -> hidden... -> x_hat`` (linear output) on the flattened input."""
-
-    hidden: tuple[int, ...]
-    out_dim: int
-
-    @nn.compact
-    def __call__(self, x, act):
-        x = x.reshape(x.shape[0], -1)
-        for width in self.hidden:
-            x = act(nn.Dense(width)(x))
-        return nn.Dense(self.out_dim)(x)
 
 
 def autoencoder_task(
@@ -113,21 +107,13 @@ def autoencoder_task(
     Normalizer: the loss divided by the loss of always predicting the mean input (the
     "chance level" of a regression), clipped to ``[0, 1.5]``; non-finite -> 1.5.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from lopt.tasks.base import clip_meta_loss
-    from lopt.tasks.classify import activation as act_fn
-
     data = _device(data)
-    hidden = tuple(int(h) for h in hidden)
-    if not hidden or any(h < 1 for h in hidden):
-        raise ValueError(f"hidden widths must be a non-empty tuple of positive ints: {hidden}")
+    hidden = layer_widths(hidden, "hidden widths")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dim = int(data.x_train.shape[1])
-    model = AutoEncoder(hidden, dim)
-    act = act_fn(activation_index(activation))
+    model = MLP(hidden, dim)  # linear output layer of the input's size
+    act = activation_fn(activation_index(activation))
     x_train, x_test = data.x_train, data.x_test
     baseline = float(jnp.mean((x_train - x_train.mean(axis=0)) ** 2))
     n = x_train.shape[0]
@@ -141,5 +127,6 @@ def autoencoder_task(
         sample_batch=lambda key: {"x": x_train[jax.random.randint(key, (batch_size,), 0, n)]},
         loss=lambda params, batch: mse(params, batch["x"]),
         normalizer=lambda value: clip_meta_loss(value / baseline, 1.5),
-        eval_loss=lambda params, key: mse(params, x_test),
+        # like the classifiers: no held-out split, no eval_loss (the mean of nothing is NaN)
+        eval_loss=(lambda params, key: mse(params, x_test)) if x_test.shape[0] else None,
     )
