@@ -37,7 +37,15 @@ def test_star_front_end_loads_a_path(tmp_path):
     path = lopt.save_meta_params(tmp_path / "t.safetensors", perturbed(opt), opt)
     tx = lopt.star(path)
     params = {"w": np.ones((2, 2), np.float32)}
-    tx.update(params, tx.init(params), params)
+    grads = {"w": np.array([[0.5, -1.0], [2.0, 0.1]], np.float32)}
+
+    def first_update(tx):
+        return np.asarray(tx.update(grads, tx.init(params), params)[0]["w"])
+
+    # the file's weights are used: same update as those weights, not as meta-init
+    np.testing.assert_array_equal(first_update(tx), first_update(opt.as_optax(perturbed(opt))))
+    meta_init = opt.as_optax(opt.init(jax.random.PRNGKey(0)))
+    assert not np.array_equal(first_update(tx), first_update(meta_init))
     with pytest.raises(ValueError, match="not blackbox"):
         lopt.blackbox(path)
 

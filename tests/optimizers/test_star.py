@@ -166,6 +166,23 @@ def test_regularization_controller_scales_weight_decay_per_tensor():
     jax.tree.map(lambda a, p: np.testing.assert_allclose(a, -w_eff * p, rtol=1e-5), d, params)
 
 
+@pytest.mark.parametrize("nominal", ["adam_aggmo", "none"])
+def test_both_controllers_read_their_own_outputs(nominal):
+    """``n`` is output 2 and ``r`` output 3, also when the nominal term is off (n unused)."""
+    params, grads = make_problem(7)
+    opt = STAR(step_multiplier=0.0, nominal=nominal, weight_decay=0.5,
+               nominal_controller=True, nominal_controller_multiplier=1.0,
+               regularization_controller=True, regularization_controller_multiplier=1.0)
+    theta = _with_output_row(_with_output_row(opt.init(KEY), 2, np.log(2.0)), 3, np.log(3.0))
+    s0 = opt.init_state(theta, params)
+    d, _ = opt.deltas(theta, s0, grads[0], params)
+    plain = STAR(step_multiplier=0.0, nominal=nominal, weight_decay=0.0)
+    d_nom, _ = plain.deltas(plain.init(KEY), s0, grads[0], params)  # zero when nominal="none"
+    w_eff = opt.effective_weight_decay * 3.0
+    jax.tree.map(lambda a, n, p: np.testing.assert_allclose(a, 2.0 * n - w_eff * p, rtol=1e-5),
+                 d, d_nom, params)
+
+
 def test_num_outputs_follow_controllers():
     assert STAR().num_outputs == 2
     assert STAR(nominal_controller=True, regularization_controller=True).num_outputs == 4
