@@ -158,7 +158,7 @@ def update_accumulators(state: LeafState, g: jax.Array, decays: dict) -> LeafSta
     return LeafState(m=m, v=v, row=row, col=col)
 
 
-def channel_rms(channels: list, shape: tuple[int, ...]) -> jax.Array:
+def channel_rms(channels: list) -> jax.Array:
     """RMS over the whole tensor of every channel, with one variadic reduction per shape.
 
     Separate ``mean(f**2)`` reductions cost ~60 ms of XLA compile time each (28 per tensor
@@ -169,7 +169,6 @@ def channel_rms(channels: list, shape: tuple[int, ...]) -> jax.Array:
     reducing it small avoids a full-size pass (measured ~20% faster update than broadcasting
     everything into one reduction).
     """
-    del shape
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, c in enumerate(channels):
         groups.setdefault(tuple(c.shape), []).append(i)
@@ -239,7 +238,7 @@ def leaf_features(p: jax.Array, g: jax.Array, st: LeafState) -> LeafFeatures:
     for arr in (fac_g, row_feat, col_feat, rsqrt_row, rsqrt_col, fac_m):
         channels += [arr[0], arr[1], arr[2]]
     assert len(channels) == NUM_TENSOR_FEATURES, ndim
-    rms = channel_rms(channels, shape)
+    rms = channel_rms(channels)
     return LeafFeatures(channels=channels, rms=rms)
 
 
