@@ -7,9 +7,7 @@ from pathlib import Path
 
 import jax
 
-from lopt.optimizers.blackbox import Blackbox
-from lopt.optimizers.io import load_meta_params
-from lopt.optimizers.star import STAR
+from lopt.optimizers.io import load_meta_params, optimizer_classes
 
 
 def shipped_weights(kind: str) -> Path | None:
@@ -20,7 +18,7 @@ def shipped_weights(kind: str) -> Path | None:
 
 def resolve(kind: str, theta=None):
     """``(theta, optimizer)`` for ``theta`` = None (shipped or meta-init), a path, or a pytree."""
-    cls = {"star": STAR, "blackbox": Blackbox}[kind]
+    cls = optimizer_classes()[kind]
     if theta is None:
         path = shipped_weights(kind)
         if path is None:
