@@ -126,10 +126,10 @@ def test_classifier_family_configs_vary_init_scale_activation_and_subset():
     np.testing.assert_allclose(jax.tree.leaves(p1)[1], k * scales[0], rtol=1e-5)
 
 
-def shape_signature(group) -> tuple:
-    task = group.task(group.sample(jax.random.key(0)))
-    params = jax.eval_shape(task.init, jax.random.key(0))
-    batch = jax.eval_shape(task.sample_batch, jax.random.key(0))
+def shape_signature(group, seed: int = 0) -> tuple:
+    task = group.task(group.sample(jax.random.key(seed)))
+    params = jax.eval_shape(task.init, jax.random.key(seed))
+    batch = jax.eval_shape(task.sample_batch, jax.random.key(seed))
     return tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves((params, batch)))
 
 
@@ -141,11 +141,7 @@ def test_mixture_groups_share_shapes_within_and_differ_across(name):
     assert len(set(sigs)) == len(sigs), "each group must be one distinct shape"
     for group, sig in zip(mix.groups, sigs, strict=True):
         for seed in (1, 2):  # other configs of the same group: same shapes
-            task = group.task(group.sample(jax.random.key(seed)))
-            params = jax.eval_shape(task.init, jax.random.key(seed))
-            batch = jax.eval_shape(task.sample_batch, jax.random.key(seed))
-            got = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves((params, batch)))
-            assert got == sig
+            assert shape_signature(group, seed) == sig
 
 
 def test_mlp_family_covers_both_datasets():
