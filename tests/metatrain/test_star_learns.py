@@ -19,17 +19,21 @@ def test_short_pes_run_improves_star_on_digits_family(tmp_path):
         horizon_min=40,
         horizon_max=200,
         num_slots=8,
-        outer_lr=1e-2,
-        outer_steps=20,
-        eval_every=20,
+        outer_lr=3e-3,
+        outer_steps=40,
+        eval_every=10,
         eval_tasks=4,
         eval_horizon=100,
         seed=0,
     )
     out = MetaTrainer(cfg, tmp_path).run()
     evals = [json.loads(x) for x in (tmp_path / "eval.jsonl").read_text().splitlines()]
-    assert [e["outer_step"] for e in evals] == [0, 20]
-    # same fixed held-out draws before and after: at least 20% lower mean loss along the run
-    assert evals[-1]["eval_loss"] < 0.8 * evals[0]["eval_loss"], evals
-    assert out["best"]["outer_step"] == 20
+    assert [e["outer_step"] for e in evals] == [0, 10, 20, 30, 40]
+    # Same fixed held-out draws every time. STAR starts as a sound Adam-AggMo (step 1e-3), too
+    # slow for these short runs; PES must teach it to go faster: every evaluation improves on
+    # the last, and the final one is at least 20% below meta-initialization.
+    losses = [e["eval_loss"] for e in evals]
+    assert all(b < a for a, b in zip(losses[:-1], losses[1:], strict=True)), losses
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert out["best"]["outer_step"] == 40
     assert (tmp_path / "best.safetensors").exists()

@@ -255,3 +255,13 @@ def test_meta_init_star_trains_like_adam_aggmo():
     assert losses[-1] < 0.05 * float(loss_fn(w0))
     for t in (9, 49, 99, 299, 999):
         assert abs(losses[t] - ref[t]) <= 0.1 * ref[t], (t, losses[t], ref[t])
+
+
+def test_star_learned_term_starts_small():
+    """STAR's output layer starts at 1% of the spec init (the blackbox keeps the spec's)."""
+    bb, star = Blackbox().init(KEY), STAR().init(KEY)
+    np.testing.assert_allclose(star["mlp"]["w2"], 0.01 * bb["mlp"]["w2"], rtol=1e-6)
+    np.testing.assert_array_equal(star["mlp"]["w0"], bb["mlp"]["w0"])
+    assert STAR(output_init_scale=1.0).init(KEY)["mlp"]["w2"].tolist() == bb["mlp"]["w2"].tolist()
+    with pytest.raises(ValueError, match="output_init_scale"):
+        STAR(output_init_scale=-1.0)

@@ -53,6 +53,8 @@ class AdafactorMLPBase:
         accumulators: initial decays of the momenta and second moments.
         step_multiplier: ``lambda_s`` in ``s_bb = lambda_s * d * exp(lambda_0 * m)``.
         magnitude_multiplier: ``lambda_0``.
+        output_init_scale: multiplies the output layer's initial weights (the MLP's outputs at
+            meta-initialization scale with it).
     """
 
     name: ClassVar[str] = "adafactor_mlp"
@@ -61,6 +63,7 @@ class AdafactorMLPBase:
     accumulators: AccumulatorConfig = dataclasses.field(default_factory=AccumulatorConfig)
     step_multiplier: float = 1e-3
     magnitude_multiplier: float = 1e-3
+    output_init_scale: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
@@ -72,6 +75,8 @@ class AdafactorMLPBase:
             raise ValueError(f"step_multiplier must be >= 0, got {self.step_multiplier}")
         if self.magnitude_multiplier < 0:
             raise ValueError(f"magnitude_multiplier must be >= 0, got {self.magnitude_multiplier}")
+        if not self.output_init_scale >= 0:
+            raise ValueError(f"output_init_scale must be >= 0, got {self.output_init_scale}")
 
     # -- architecture -------------------------------------------------------------------
     @property
@@ -90,7 +95,10 @@ class AdafactorMLPBase:
     # -- LearnedOptimizer protocol -----------------------------------------------------
     def init(self, key: jax.Array) -> dict:
         sizes = (NUM_INPUTS, *self.hidden_sizes, self.num_outputs)
-        return {"mlp": init_mlp(key, sizes), "decays": self.accumulators.init_theta()}
+        mlp = init_mlp(key, sizes)
+        last = f"w{len(sizes) - 2}"
+        mlp[last] = mlp[last] * self.output_init_scale
+        return {"mlp": mlp, "decays": self.accumulators.init_theta()}
 
     def init_state(self, theta, params) -> LearnedOptState:
         del theta
