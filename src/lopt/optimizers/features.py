@@ -42,6 +42,13 @@ DECAY_MIN = 1e-4
 DECAY_MAX = 1.0 - 1e-6
 
 
+def adam_scale(v: jax.Array) -> jax.Array:
+    """``1 / sqrt(v + 1e-6)``: the "Adam" normalization shared by the features, STAR's nominal
+    term and its preconditioning. One expression everywhere, so XLA computes it once per
+    coordinate in the fused update."""
+    return jax.lax.rsqrt(v + ADAM_EPS)
+
+
 def bounded_decay(base: jax.Array, theta: jax.Array) -> jax.Array:
     """Meta-learned decay that stays inside (0, 1) for every ``theta``.
 
@@ -202,7 +209,7 @@ def leaf_features(p: jax.Array, g: jax.Array, st: LeafState) -> LeafFeatures:
     """The 28 per-coordinate features of spec section 3, from updated accumulators."""
     shape = g.shape
     ndim = g.ndim
-    rsqrt_v = jax.lax.rsqrt(st.v + ADAM_EPS)
+    rsqrt_v = adam_scale(st.v)
     adam = st.m * rsqrt_v[None]
 
     dims = factored_dims(shape)

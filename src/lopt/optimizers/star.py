@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from lopt.optimizers.features import ADAM_EPS
+from lopt.optimizers.features import adam_scale
 from lopt.optimizers.learned import AdafactorMLPBase
 
 NOMINALS = ("sgd", "sgdm", "aggmo", "adam", "adam_aggmo", "none")
@@ -43,7 +43,7 @@ def nominal_direction(kind: str, g, m, v):
     mean_m = (m[0] + m[1] + m[2]) / 3.0
     if kind == "aggmo":
         return mean_m
-    rsqrt_v = 1.0 / jnp.sqrt(v + ADAM_EPS)
+    rsqrt_v = adam_scale(v)
     if kind == "adam":
         return m[-1] * rsqrt_v
     if kind == "adam_aggmo":
@@ -140,7 +140,7 @@ class STAR(AdafactorMLPBase):
         if self.step_multiplier > 0:
             s_bb = self.blackbox_step(outs)
             if self.precondition:
-                s_bb = s_bb / jnp.sqrt(st.v + ADAM_EPS)
+                s_bb = s_bb * adam_scale(st.v)
             delta = delta - s_bb
         extra = iter(outs[2:])
         if self.nominal != "none" and self.alpha > 0:
