@@ -208,7 +208,6 @@ class LeafFeatures(NamedTuple):
 def leaf_features(p: jax.Array, g: jax.Array, st: LeafState) -> LeafFeatures:
     """The 28 per-coordinate features of spec section 3, from updated accumulators."""
     shape = g.shape
-    ndim = g.ndim
     rsqrt_v = adam_scale(st.v)
     adam = st.m * rsqrt_v[None]
 
@@ -231,10 +230,10 @@ def leaf_features(p: jax.Array, g: jax.Array, st: LeafState) -> LeafFeatures:
         row_factor = jnp.expand_dims(jax.lax.rsqrt(st.row / (row_mean + FACTORED_EPS)), 1 + d1)
         col_factor = jnp.expand_dims(jax.lax.rsqrt(st.col + FACTORED_EPS), 1 + d0)
         rsqrt_row = jax.lax.rsqrt(row_feat + FACTORED_EPS)
-        rsqrt_col = jax.lax.rsqrt(col_feat + FACTORED_EPS)
+        rsqrt_col = col_factor  # the column factor is the reciprocal sqrt of the column stats
         # Multiply the small factors in one at a time, never forming row_factor * col_factor:
-        # that full-size product would be shared by several consumers and XLA would write it
-        # to memory (3 extra tensor-sized arrays; measured ~15% of the update's time).
+        # that full-size product would be shared by several consumers, and XLA wrote it to
+        # memory (a (3, *shape) temporary in the compiled update; gone with this form).
         fac_g = g[None] * row_factor * col_factor  # (3, *shape)
         fac_m = st.m * row_factor * col_factor  # momentum i normalized by factored stat i
 
@@ -244,7 +243,7 @@ def leaf_features(p: jax.Array, g: jax.Array, st: LeafState) -> LeafFeatures:
     channels += [adam[0], adam[1], adam[2], rsqrt_v]
     for arr in (fac_g, row_feat, col_feat, rsqrt_row, rsqrt_col, fac_m):
         channels += [arr[0], arr[1], arr[2]]
-    assert len(channels) == NUM_TENSOR_FEATURES, ndim
+    assert len(channels) == NUM_TENSOR_FEATURES
     rms = channel_rms(channels)
     return LeafFeatures(channels=channels, rms=rms)
 
