@@ -2,7 +2,6 @@
 
 import json
 
-import optax
 import pytest
 
 import lopt
@@ -103,32 +102,31 @@ def test_bad_input_exits_nonzero_listing_choices(tmp_path, capsys, argv, expecte
     assert not (tmp_path / "x").exists()
 
 
-class _StandIn:
-    """A learned optimizer stand-in: the CLI only needs ``as_optax(theta)``."""
+def test_optimizer_path_uses_the_files_weights_and_records_them(tmp_path):
+    """Two files with different meta-parameters give different runs; config.json names the
+    file and its sha256 (computed here independently)."""
+    import hashlib
 
-    name = "standin"
+    import jax
 
-    def as_optax(self, theta):
-        return optax.sgd(theta["lr"])
+    from lopt.optimizers import STAR
 
-
-def test_optimizer_path_loads_meta_params(tmp_path, monkeypatch):
-    path = tmp_path / "theta.safetensors"
-    path.write_bytes(b"x")
-    seen = []
-
-    def fake_load(p):
-        seen.append(str(p))
-        return {"lr": 0.05}, _StandIn()
-
-    monkeypatch.setattr(lopt, "load_meta_params", fake_load, raising=False)
-    out = tmp_path / "run"
-    assert train(out, "--task", "quadratic", "--optimizer", str(path), "--steps", "30") == 0
-    assert seen == [str(path)]
-    recs = read_metrics(out)
-    assert recs[-1]["loss"] < recs[0]["loss"]
-    cfg = json.loads((out / "config.json").read_text())
+    opt = STAR(nominal="sgd", alpha=0.05, step_multiplier=0.0, weight_decay=0.0)
+    theta = opt.init(jax.random.key(0))
+    a = lopt.save_meta_params(tmp_path / "a.safetensors", theta, opt)
+    slow = STAR(nominal="sgd", alpha=0.001, step_multiplier=0.0, weight_decay=0.0)
+    b = lopt.save_meta_params(tmp_path / "b.safetensors", theta, slow)
+    args = ("--task", "quadratic", "--steps", "30")
+    assert train(tmp_path / "ra", "--optimizer", str(a), *args) == 0
+    assert train(tmp_path / "rb", "--optimizer", str(b), *args) == 0
+    fast_loss = read_metrics(tmp_path / "ra")[-1]["loss"]
+    slow_loss = read_metrics(tmp_path / "rb")[-1]["loss"]
+    assert fast_loss < 0.8 * slow_loss  # plain GD at step 0.05 vs 0.001 on the quadratic
+    cfg = json.loads((tmp_path / "ra" / "config.json").read_text())
     assert cfg["optimizer_kind"] == "path" and cfg["lr"] is None
+    weights = cfg["optimizer_resolved"]["weights"]
+    assert weights["sha256"] == hashlib.sha256(a.read_bytes()).hexdigest()
+    assert cfg["optimizer_resolved"]["config"]["alpha"] == 0.05
 
 
 @pytest.mark.parametrize("name", ["star", "blackbox"])

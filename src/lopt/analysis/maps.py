@@ -9,7 +9,6 @@ resolution. Learned optimizers get the same picture over gradient scale x curvat
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -179,43 +178,10 @@ def learned_map(optimizer, theta, grad_scales, curvatures, **report_kw) -> Stabi
 
 
 def plot_map(smap: StabilityMap, path: str | os.PathLike | None = None) -> bytes:
-    """PNG of the map: radius colour-coded around 1, the ``rho = 1`` contour and the boundary."""
-    # a bare Figure renders through Agg without touching pyplot's global backend state
-    from matplotlib import colors
-    from matplotlib.figure import Figure
+    """PNG of the map (drawn by :func:`lopt.plotting.stability_map`)."""
+    from lopt.plotting import stability_map as draw
 
-    fig = Figure(figsize=(6.4, 4.8), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    rho = np.where(np.isfinite(smap.spectral_radius), smap.spectral_radius, 2.0)
-    rho = np.clip(rho, 0.0, 2.0)
-    # the blue half spans the observed stable radii, so near-1 maps still show their structure
-    norm = colors.TwoSlopeNorm(vmin=min(float(rho.min()), 0.9), vcenter=1.0, vmax=2.0)
-    mesh = ax.pcolormesh(
-        smap.x_values, smap.y_values, rho, cmap="RdBu_r", norm=norm, shading="auto"
-    )
-    cbar = fig.colorbar(mesh, ax=ax, label="spectral radius (clipped to 2)")
-    cbar.set_ticks([norm.vmin, (norm.vmin + 1.0) / 2, 1.0, 1.5, 2.0])
-    if rho.shape[0] > 1 and rho.shape[1] > 1 and (rho.min() < 1.0 < rho.max()):
-        ax.contour(smap.x_values, smap.y_values, rho, levels=[1.0], colors="k", linewidths=1.5)
-    pts = [(b, y) for b, y in zip(smap.boundary, smap.y_values, strict=True) if b is not None]
-    if pts and smap.x_name == "lr":  # a learned map's radius need not be monotone along x
-        bx, by = zip(*pts, strict=True)
-        ax.plot(bx, by, "k--", lw=1, label="edge rho = 1")
-        ax.legend(loc="lower left")
-    ax.set_xscale("log")
-    if smap.y_name != "beta" and np.all(smap.y_values > 0):
-        ax.set_yscale("log")
-    ax.set_xlabel(smap.x_name)
-    ax.set_ylabel(smap.y_name)
-    ax.set_title(f"stability of {smap.optimizer} on the quadratic")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    data = buf.getvalue()
-    if path is not None:
-        from lopt.utils.io import atomic_write_bytes
-
-        atomic_write_bytes(path, data)
-    return data
+    return draw(smap, path)
 
 
 def save_map(smap: StabilityMap, out_dir: str | os.PathLike) -> dict:

@@ -388,10 +388,11 @@ def _run_meta_linear(args) -> int:
         for name, kw in VARIANTS.items()
     }
     results = {name: meta_train_linear(cfg) for name, cfg in configs.items()}
-    from lopt.utils.io import atomic_write_bytes, atomic_write_json
+    from lopt.plotting import linear_meta_training
+    from lopt.utils.io import atomic_write_json
 
     atomic_write_json(out_dir / "e1.json", {k: r.to_dict() for k, r in results.items()})
-    atomic_write_bytes(out_dir / "e1.png", _e1_figure(results))
+    linear_meta_training(results, out_dir / "e1.png")
     tail = max(1, args.outer_steps // 4)
     metrics = {
         name: {
@@ -420,29 +421,3 @@ def _run_meta_linear(args) -> int:
             )
         print(f"wrote {out_dir / 'e1.png'}, {out_dir / 'e1.json'}")
     return 0
-
-
-def _e1_figure(results) -> bytes:
-    import io
-
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.6), dpi=100)
-    axes = fig.subplots(1, 3)
-    for name, r in results.items():
-        steps = range(len(r.spectral_radius))
-        axes[0].plot(steps, r.spectral_radius, label=name)
-        axes[1].plot(steps, r.min_real, label=name)
-        axes[2].plot(range(1, len(r.meta_loss) + 1), r.meta_loss, label=name)
-    axes[0].axhline(1.0, color="k", lw=0.8, ls="--")
-    axes[1].axhline(-1.0, color="k", lw=0.8, ls="--")
-    axes[0].set_title("spectral radius of A")
-    axes[1].set_title("most negative eigenvalue (edge -1)")
-    axes[2].set_title("meta-loss (log mean loss)")
-    for ax in axes:
-        ax.set_xlabel("outer step")
-    axes[0].legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()

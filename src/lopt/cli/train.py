@@ -1,36 +1,29 @@
 """``lopt train``: train one task with one optimizer, with a progress bar and a record.
 
-Writes ``OUT/config.json`` (arguments, seed, resolved task and learning rate, versions; a
-``result`` block is added when the run ends), ``OUT/metrics.jsonl`` (one JSON object per
-logged step: ``step`` = updates done, ``loss`` = mean training minibatch loss over the
-steps since the previous record, ``last_loss``, and ``eval_loss`` where the task has a
-held-out split, every ``--eval-every`` steps) and ``OUT/loss.png``.
+Writes ``OUT/config.json`` (arguments, seed, resolved task, optimizer and the weights it used,
+versions; a ``result`` block is added when the run ends), ``OUT/metrics.jsonl`` (one JSON object
+per logged step: ``step`` = updates done, ``loss`` = mean training minibatch loss over the steps
+since the previous record, ``last_loss``, and ``eval_loss`` where the task has a held-out split,
+every ``--eval-every`` steps) and ``OUT/loss.png``.
 
-Training runs as jitted ``lax.scan`` chunks of ``--log-every`` steps; batches are drawn on
-device from per-step keys ``fold_in(data_key, step)``, so results do not depend on the
-chunking. A non-finite training loss stops the run, reports the step, keeps what was
-written, and exits with status 1.
+The loop is :func:`lopt.training.train_curves` (the same one ``lopt evaluate`` runs). A
+non-finite training loss stops the run, reports the step, keeps what was written, and exits with
+status 1. Ctrl-C stops at the end of the current chunk of steps, writes everything done so far
+(result ``interrupted``) and exits with status 130.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
-import time
 from pathlib import Path
 
-#: Hand-designed optimizers (``lopt.optimizers.hand_designed``) and their default learning
-#: rates when --lr is omitted.
-OPTAX_DEFAULT_LR: dict[str, float] = {
-    "adam": 1e-3,
-    "sgd": 0.1,
-    "momentum": 0.01,  # heavy ball, momentum 0.9
-    "adamw": 1e-3,  # weight decay 1e-4
-}
-LEARNED = ("star", "blackbox")
-OPTIMIZER_CHOICES = (*OPTAX_DEFAULT_LR, *LEARNED)
-#: Steps per jitted call (rounded to a multiple of --log-every).
-_CHUNK_TARGET = 250
+from lopt.training.optimizers import DEFAULT_LR, LEARNED
+
+#: Kept for callers of the old name: default learning rates of the hand-designed optimizers.
+OPTAX_DEFAULT_LR = DEFAULT_LR
+OPTIMIZER_CHOICES = (*DEFAULT_LR, *LEARNED)
 
 
 def add_parser(sub) -> None:
@@ -52,7 +45,7 @@ def add_parser(sub) -> None:
         type=float,
         default=None,
         help="learning rate for hand-designed optimizers (defaults: "
-        + ", ".join(f"{k} {v:g}" for k, v in OPTAX_DEFAULT_LR.items())
+        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
         + "); not allowed with learned optimizers",
     )
     p.add_argument("--steps", type=int, required=True, help="number of training steps")
@@ -76,120 +69,100 @@ def _validate(args):
 
     if args.task not in names():
         raise UsageError(f"unknown task {args.task!r}; valid tasks: {', '.join(names())}")
-    if args.steps < 0:
-        raise UsageError(f"--steps must be >= 0, got {args.steps}")
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.log_every < 1:
         raise UsageError(f"--log-every must be >= 1, got {args.log_every}")
     if args.eval_every is not None and args.eval_every < 1:
         raise UsageError(f"--eval-every must be >= 1, got {args.eval_every}")
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
-    opt = args.optimizer
-    if opt in OPTAX_DEFAULT_LR:
-        return "optax"
-    kind = "learned" if opt in LEARNED else None
-    if kind is None:
-        if not Path(opt).is_file():
-            raise UsageError(
-                f"unknown optimizer {opt!r}: not one of {', '.join(OPTIMIZER_CHOICES)} "
-                "and not a path to a meta-parameters file"
-            )
-        kind = "path"
-    if args.lr is not None:
-        raise UsageError(
-            f"--lr does not apply to the learned optimizer {opt!r}: it sets its own step "
-            f"sizes from its meta-parameters; --lr is for {', '.join(OPTAX_DEFAULT_LR)}"
-        )
-    return kind
 
 
-def _make_optimizer(args, kind):
-    """Returns (optax transformation with extra-args support, learning rate or None)."""
-    import optax
+def _resolve_optimizer(args):
+    from lopt.cli.main import UsageError
+    from lopt.training.optimizers import OptimizerSpecError, resolve
 
-    if kind == "optax":
-        from lopt.optimizers import hand_designed
-
-        lr = args.lr if args.lr is not None else OPTAX_DEFAULT_LR[args.optimizer]
-        return optax.with_extra_args_support(hand_designed(args.optimizer, lr)), lr
-    import lopt
-
-    if kind == "learned":
-        tx = getattr(lopt, args.optimizer)()
-    else:
-        from lopt.cli.main import UsageError
-
-        try:
-            theta, opt = lopt.load_meta_params(args.optimizer)
-        except (OSError, ValueError, KeyError) as err:
-            raise UsageError(f"cannot load meta-parameters from {args.optimizer}: {err}") from err
-        tx = opt.as_optax(theta)
-    return optax.with_extra_args_support(tx), None
+    try:
+        return resolve(args.optimizer, args.lr)
+    except OptimizerSpecError as err:
+        raise UsageError(str(err).replace("a learning rate", "--lr")) from None
 
 
-def _plot(path: Path, records: list[dict], title: str) -> None:
-    import matplotlib
+class _Recorder:
+    """Turns per-step losses into ``metrics.jsonl`` records of ``log_every`` steps each,
+    written as soon as they are complete (an interrupted run keeps everything up to there)."""
 
-    matplotlib.use("Agg")
-    import io
+    def __init__(self, fh, log_every: int, total: int):
+        self.fh, self.log_every, self.total = fh, log_every, total
+        self.records: list[dict] = []
+        self.pending: list[float] = []
+        self.done = 0  # steps whose losses were consumed
+        self.bad_step: int | None = None
+        self.eval0: float | None = None
 
-    import matplotlib.pyplot as plt
+    def on_chunk(self, done: int, losses, evals) -> None:
+        losses = losses[0, 0]
+        ev = None if evals is None else _finite(evals[0, 0])
+        if done == 0:  # before the first step: the held-out loss at initialization
+            self.eval0 = ev
+            return
+        new: list[dict] = []
+        if not self.records:  # step 0: the first training loss, at the initial parameters
+            zero = {"step": 0, "loss": _finite(losses[0])}
+            if evals is not None or self.eval0 is not None:
+                zero["eval_loss"] = self.eval0
+            new.append(zero)
+        for value in losses:
+            value = float(value)
+            if not math.isfinite(value):
+                self.bad_step = self.done
+                if self.pending:
+                    new.append(self._record())
+                new.append({"step": self.done, "loss": None, "non_finite": True})
+                break
+            self.pending.append(value)
+            self.done += 1
+            if self.done % self.log_every == 0 or self.done == self.total:
+                new.append(self._record())
+        if evals is not None and new and new[-1]["step"] == done and self.bad_step is None:
+            new[-1]["eval_loss"] = ev
+        for rec in new:
+            self.fh.write(json.dumps(rec) + "\n")
+        self.fh.flush()
+        self.records += new
 
-    from lopt.utils.io import atomic_write_bytes
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
-    evals = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", ms=3, label="held-out loss")
-    values = [v for _, v in train + evals]
-    if values and min(values) > 0 and max(values) / min(values) > 20:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if train or evals:
-        ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _finite(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
+    def _record(self) -> dict:
+        rec = {
+            "step": self.done,
+            "loss": sum(self.pending) / len(self.pending),
+            "last_loss": self.pending[-1],
+        }
+        self.pending = []
+        return rec
 
 
 def run(args) -> int:
-    kind = _validate(args)
+    _validate(args)
+    spec = _resolve_optimizer(args)
 
-    import json
-
-    import jax
-    import jax.numpy as jnp
-    import optax
     from tqdm import tqdm
 
     import lopt
+    from lopt.plotting import training_curve
     from lopt.tasks import get, sample_task
+    from lopt.training.loop import choose_chunk, seed_keys, stack_variants, train_curves
+    from lopt.utils.interrupt import graceful_interrupt
     from lopt.utils.io import atomic_write_json
     from lopt.utils.provenance import environment_info
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tx, lr = _make_optimizer(args, kind)
-
-    root = jax.random.key(args.seed)
-    k_task, k_init, k_data, k_eval = jax.random.split(root, 4)
-    task = sample_task(get(args.task), k_task)
+    task = sample_task(get(args.task), seed_keys(args.seed)[0])
     log_every = args.log_every
-    eval_every = args.eval_every or max(1, math.ceil(max(args.steps, 1) / 20))
+    eval_every = args.eval_every or max(1, math.ceil(args.steps / 20))
     eval_every = math.ceil(eval_every / log_every) * log_every
+    has_eval = task.eval_loss is not None
 
     config = {
         "command": "train",
@@ -197,115 +170,87 @@ def run(args) -> int:
         "task": args.task,
         "task_resolved": task.name,
         "optimizer": args.optimizer,
-        "optimizer_kind": kind,
-        "lr": lr,
+        "optimizer_kind": spec.kind,
+        "optimizer_resolved": spec.describe(),
+        "lr": spec.learning_rate,
         "seed": args.seed,
-        "eval_every": eval_every if task.eval_loss is not None else None,
+        "eval_every": eval_every if has_eval else None,
         "lopt_version": lopt.__version__,
         "environment": environment_info(),
     }
     atomic_write_json(out / "config.json", config)
 
-    total = args.steps
-    has_eval = task.eval_loss is not None
-
-    def one_step(carry, step):
-        params, state = carry
-        batch = task.sample_batch(jax.random.fold_in(k_data, step))
-        loss, grads = jax.value_and_grad(task.loss)(params, batch)
-        updates, state = tx.update(grads, state, params, loss=loss)
-        params = optax.apply_updates(params, updates)
-        if has_eval:  # held-out loss after this update, only at evaluation steps
-            due = ((step + 1) % eval_every == 0) | (step + 1 == total)
-            ev = jax.lax.cond(
-                due,
-                lambda p: task.eval_loss(p, k_eval).astype(jnp.float32),
-                lambda p: jnp.float32(jnp.nan),
-                params,
-            )
-        else:
-            ev = jnp.float32(jnp.nan)
-        return (params, state), (loss, ev)
-
-    def chunk(params, state, start, length):
-        steps = start + jnp.arange(length)
-        (params, state), (losses, evals) = jax.lax.scan(one_step, (params, state), steps)
-        return params, state, losses, evals
-
-    chunk = jax.jit(chunk, static_argnums=3, donate_argnums=(0, 1))
-    first_loss = jax.jit(lambda p: task.loss(p, task.sample_batch(jax.random.fold_in(k_data, 0))))
-
-    params = task.init(k_init)
-    state = tx.init(params)
-    # Several log intervals per jitted call: fewer host round trips, same records.
-    chunk_len = log_every * max(1, _CHUNK_TARGET // log_every)
-    records: list[dict] = []
-    status, bad_step = "ok", None
-    t0 = time.perf_counter()
     with open(out / "metrics.jsonl", "w") as fh:
+        rec = _Recorder(fh, log_every, args.steps)
+        bar = tqdm(total=args.steps, disable=args.no_progress, file=sys.stderr, unit="step")
 
-        def write(rec):
-            records.append(rec)
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
+        def on_chunk(done, losses, evals):
+            rec.on_chunk(done, losses, evals)
+            bar.update(losses.shape[-1])
+            last = next((r for r in reversed(rec.records) if r.get("loss") is not None), None)
+            if last is not None:
+                bar.set_postfix(loss=f"{last['loss']:.4g}", refresh=False)
 
-        rec = {"step": 0, "loss": _finite(first_loss(params))}
-        if has_eval:
-            rec["eval_loss"] = _finite(jax.jit(task.eval_loss)(params, k_eval))
-        write(rec)
-        bar = tqdm(total=total, disable=args.no_progress, file=sys.stderr, unit="step")
-        done = 0
-        while done < total and status == "ok":
-            n = min(chunk_len, total - done)
-            params, state, losses, evals = chunk(params, state, jnp.asarray(done, jnp.int32), n)
-            losses, evals = jax.device_get((losses, evals))
-            for lo in range(0, n, log_every):
-                seg = losses[lo : lo + log_every]
-                bad = [i for i, v in enumerate(seg) if not math.isfinite(float(v))]
-                if bad:
-                    bad_step = done + lo + bad[0]
-                    status = "non_finite"
-                    if bad[0] > 0:
-                        good = seg[: bad[0]]
-                        write({"step": bad_step, "loss": float(good.mean()),
-                               "last_loss": float(good[-1])})
-                    write({"step": bad_step, "loss": None, "non_finite": True})
-                    break
-                step = done + lo + len(seg)
-                rec = {"step": step, "loss": float(seg.mean()), "last_loss": float(seg[-1])}
-                ev = float(evals[lo + len(seg) - 1])
-                if has_eval and (step % eval_every == 0 or step == total):
-                    rec["eval_loss"] = ev if math.isfinite(ev) else None
-                write(rec)
-            if status == "ok":
-                done += n
-                bar.update(n)
-                bar.set_postfix(loss=f"{records[-1]['loss']:.4g}", refresh=False)
+        def on_compile():
+            print(f"lopt train: compiling {task.name} with {spec.label} ...", file=sys.stderr,
+                  flush=True)
+
+        with graceful_interrupt(
+            "lopt train: stopping after the current chunk (Ctrl-C again to abort)"
+        ) as stop:
+            curves = train_curves(
+                task,
+                spec.make_tx,
+                stack_variants([spec.theta]),
+                [args.seed],
+                args.steps,
+                eval_every=eval_every if has_eval else None,
+                chunk=choose_chunk(args.steps, eval_every),
+                stop_on_nonfinite="any",
+                should_stop=stop.is_set,
+                on_chunk=on_chunk,
+                on_compile=on_compile,
+            )
         bar.close()
-    wall = time.perf_counter() - t0
+    records = rec.records
 
-    last = [r for r in records if r.get("loss") is not None]
+    status = curves.stopped or "ok"
+    good = [r for r in records if r.get("loss") is not None]
     last_eval = [r for r in records if r.get("eval_loss") is not None]
+    steps_done = rec.bad_step if rec.bad_step is not None else curves.steps_done
     config["result"] = {
         "status": status,
-        "steps_done": bad_step if bad_step is not None else args.steps,
-        "non_finite_step": bad_step,
-        "final_loss": last[-1]["loss"] if last else None,
+        "steps_done": steps_done,
+        "non_finite_step": rec.bad_step,
+        "final_loss": good[-1]["loss"] if good else None,
         "final_eval_loss": last_eval[-1]["eval_loss"] if last_eval else None,
-        "wall_s": round(wall, 3),
+        "wall_s": round(curves.wall_s, 3),
+        "compile_s": round(curves.compile_s, 3),
     }
     atomic_write_json(out / "config.json", config)
-    _plot(out / "loss.png", records, f"{task.name} / {Path(args.optimizer).name}")
-    if status != "ok":
+    training_curve(records, f"{task.name} / {spec.label}", out / "loss.png")
+    if status == "non_finite":
         print(
-            f"lopt train: loss became non-finite at step {bad_step}; stopped. "
+            f"lopt train: loss became non-finite at step {rec.bad_step}; stopped. "
             f"Records up to that step are in {out}",
             file=sys.stderr,
         )
         return 1
     res = config["result"]
+    if status == "interrupted":
+        print(
+            f"lopt train: interrupted after {steps_done} of {args.steps} steps; metrics, "
+            f"config.json (result: interrupted) and loss.png up to there are in {out}",
+            file=sys.stderr,
+        )
+        return 130
     msg = f"final loss {res['final_loss']:.4g}"
     if res["final_eval_loss"] is not None:
         msg += f", held-out loss {res['final_eval_loss']:.4g}"
-    print(f"lopt train: {args.steps} steps in {wall:.1f}s; {msg}; wrote {out}")
+    print(f"lopt train: {args.steps} steps in {curves.wall_s:.1f}s; {msg}; wrote {out}")
     return 0
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None

@@ -2,32 +2,44 @@
 
 Meta-training benchmarks and evaluations run Adam in exactly the same vmapped/scanned layout
 as the learned optimizers; wrapping the optax transformation (``theta = {}``) makes that a
-one-liner instead of a second code path.
+one-liner instead of a second code path. :func:`hand_designed_tx` builds the same optimizers
+from a (possibly traced) learning rate, so a learning-rate grid is one vmapped program.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import ClassVar
 
 import optax
 
-HAND_DESIGNED = ("sgd", "momentum", "adam", "adamw")
+#: name -> optax constructor taking the learning rate (which may be a traced array).
+_BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "sgd": lambda lr: optax.sgd(lr),
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "adam": lambda lr: optax.adam(lr),
+    "adamw": lambda lr: optax.adamw(lr, weight_decay=1e-4),
+}
+HAND_DESIGNED = tuple(_BUILDERS)
 
 
 def hand_designed(name: str, learning_rate: float) -> optax.GradientTransformation:
     """``sgd``, ``momentum`` (0.9), ``adam`` or ``adamw`` (weight decay 1e-4) from optax."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(HAND_DESIGNED)}")
     if learning_rate <= 0:
         raise ValueError(f"learning rate must be > 0, got {learning_rate}")
-    if name == "sgd":
-        return optax.sgd(learning_rate)
-    if name == "momentum":
-        return optax.sgd(learning_rate, momentum=0.9)
-    if name == "adam":
-        return optax.adam(learning_rate)
-    if name == "adamw":
-        return optax.adamw(learning_rate, weight_decay=1e-4)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(HAND_DESIGNED)}")
+    return _BUILDERS[name](learning_rate)
+
+
+def hand_designed_tx(name: str) -> Callable[[dict], optax.GradientTransformation]:
+    """``make_tx(theta)`` with ``theta = {"learning_rate": lr}``; ``lr`` may be traced, so a
+    learning-rate grid runs as one vmapped program (:mod:`lopt.training.loop`)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(HAND_DESIGNED)}")
+    build = _BUILDERS[name]
+    return lambda theta: build(theta["learning_rate"])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,161 @@
+"""Turn an optimizer named on a command line (or in an evaluation) into something trainable.
+
+``adam | sgd | momentum | adamw`` are optax optimizers with a learning rate; ``star`` and
+``blackbox`` are the learned optimizers with the package's shipped weights (or their
+meta-initialization when none ship); anything else is a path to meta-parameters saved by
+:func:`lopt.save_meta_params`. Every resolved optimizer says which weights it uses (path and
+sha256), so each run can record exactly what it trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+
+from lopt.optimizers.hand_designed import HAND_DESIGNED, hand_designed_tx
+
+#: Default learning rates of the hand-designed optimizers (``lopt train`` without ``--lr``).
+DEFAULT_LR: dict[str, float] = {
+    "adam": 1e-3,
+    "sgd": 0.1,
+    "momentum": 0.01,  # heavy ball, momentum 0.9
+    "adamw": 1e-3,  # weight decay 1e-4
+}
+LEARNED = ("star", "blackbox")
+NAMES = (*HAND_DESIGNED, *LEARNED)
+
+
+class OptimizerSpecError(ValueError):
+    """An optimizer name, learning rate or weights file that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """A resolved optimizer: ``make_tx(theta)`` and the ``theta`` of this optimizer.
+
+    Attributes:
+        label: what reports call it (``adam``, ``star``, a file name).
+        kind: ``hand_designed``, ``learned`` (a name) or ``path``.
+        make_tx: ``theta -> optax transformation`` (traceable in ``theta``).
+        theta: meta-parameters (learned) or ``{"learning_rate": lr}`` (hand-designed).
+        weights: ``{"path", "sha256"}`` of the weights file, ``{"source":
+            "meta-initialization"}`` for a learned optimizer without one, None otherwise.
+        config: the learned optimizer's architecture and switches (None for optax).
+        hand_designed: the optax name for hand-designed optimizers (grids are built from it).
+        learning_rate: their learning rate as given (``theta`` holds it as float32).
+    """
+
+    label: str
+    kind: str
+    make_tx: Any
+    theta: Any
+    weights: dict | None = None
+    config: dict | None = None
+    hand_designed: str | None = None
+    learning_rate: float | None = None
+
+    def identity(self) -> str:
+        """A stable string naming exactly this optimizer (for caches of finished work)."""
+        if self.hand_designed is not None:
+            return f"{self.hand_designed}:lr={self.learning_rate:.6g}"
+        w = self.weights or {}
+        return f"{self.label}:{w.get('sha256') or w.get('source')}:{sorted(self.config.items())}"
+
+    def describe(self) -> dict:
+        """JSON-ready record for ``config.json``."""
+        return {
+            "label": self.label,
+            "kind": self.kind,
+            "learning_rate": self.learning_rate,
+            "weights": self.weights,
+            "config": self.config,
+        }
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hand_designed_spec(name: str, learning_rate: float) -> OptimizerSpec:
+    if name not in HAND_DESIGNED:
+        raise OptimizerSpecError(
+            f"unknown optimizer {name!r}; choose one of {', '.join(HAND_DESIGNED)}"
+        )
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise OptimizerSpecError(f"learning rate must be a positive finite number, got "
+                                 f"{learning_rate}")
+    return OptimizerSpec(
+        label=name,
+        kind="hand_designed",
+        make_tx=hand_designed_tx(name),
+        theta={"learning_rate": jnp.float32(learning_rate)},
+        hand_designed=name,
+        learning_rate=float(learning_rate),
+    )
+
+
+def learned_spec(theta, optimizer, *, label: str, kind: str, weights: dict | None) -> OptimizerSpec:
+    """A learned optimizer object with fixed ``theta`` (``make_tx`` is ``as_optax``)."""
+    config = optimizer.config() if callable(getattr(optimizer, "config", None)) else None
+    return OptimizerSpec(
+        label=label,
+        kind=kind,
+        make_tx=lambda th: optimizer.as_optax(th),
+        theta=theta,
+        weights=weights,
+        config=config,
+    )
+
+
+def resolve(name: str, learning_rate: float | None = None) -> OptimizerSpec:
+    """The optimizer named ``name``: a hand-designed name, ``star``/``blackbox`` or a path.
+
+    Raises:
+        OptimizerSpecError: unknown name, missing or unreadable file, or a learning rate given
+            to a learned optimizer; the message says what is valid.
+    """
+    if name in HAND_DESIGNED:
+        lr = DEFAULT_LR[name] if learning_rate is None else learning_rate
+        return hand_designed_spec(name, lr)
+    if learning_rate is not None:
+        raise OptimizerSpecError(
+            f"a learning rate does not apply to the learned optimizer {name!r}: it sets its "
+            f"own step sizes from its meta-parameters; learning rates are for "
+            f"{', '.join(DEFAULT_LR)}"
+        )
+    from lopt.optimizers.io import MetaParamsError, load_meta_params
+    from lopt.optimizers.pretrained import resolve as resolve_learned
+    from lopt.optimizers.pretrained import shipped_weights
+
+    if name in LEARNED:
+        path = shipped_weights(name)
+        theta, opt = resolve_learned(name)
+        weights = (
+            {"path": str(path), "sha256": file_sha256(path)}
+            if path is not None
+            else {"source": "meta-initialization"}
+        )
+        return learned_spec(theta, opt, label=name, kind="learned", weights=weights)
+    path = Path(name)
+    if not path.exists():
+        raise OptimizerSpecError(
+            f"unknown optimizer {name!r}: not one of {', '.join(NAMES)}, and no file "
+            f"{str(path)!r} exists (a path to saved meta-parameters)"
+        )
+    if not path.is_file():
+        raise OptimizerSpecError(f"{name!r} is not a file (expected saved meta-parameters)")
+    try:
+        theta, opt = load_meta_params(path)
+    except (MetaParamsError, OSError, ValueError, KeyError) as err:
+        raise OptimizerSpecError(f"cannot load meta-parameters from {path}: {err}") from None
+    weights = {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    return learned_spec(theta, opt, label=path.stem, kind="path", weights=weights)
