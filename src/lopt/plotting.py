@@ -37,9 +37,10 @@ def _finish(fig, path: PathLike | None) -> bytes:
 
 
 def _auto_log_y(ax, values: Iterable[float]) -> None:
-    """Log y axis when every value is positive and they span more than a factor of 20."""
+    """Log y axis when no value is negative and the positive ones span more than 20x."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
-    if vals and min(vals) > 0 and max(vals) / min(vals) > 20:
+    pos = [v for v in vals if v > 0]
+    if pos and min(vals) >= 0 and max(pos) / min(pos) > 20:
         ax.set_yscale("log")
 
 

@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "tasks",
     "meta_train",
+    "evaluate",
     "stability",
 )
 

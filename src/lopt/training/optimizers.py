@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,12 @@ class OptimizerSpec:
     learning_rate: float | None = None
 
     def identity(self) -> str:
-        """A stable string naming exactly this optimizer (for caches of finished work)."""
+        """A stable string naming exactly this optimizer: its kind, configuration and a digest
+        of its parameters (caches of finished work are keyed by it)."""
         if self.hand_designed is not None:
             return f"{self.hand_designed}:lr={self.learning_rate:.6g}"
-        w = self.weights or {}
-        return f"{self.label}:{w.get('sha256') or w.get('source')}:{sorted(self.config.items())}"
+        config = json.dumps(self.config, sort_keys=True, default=str)
+        return f"learned:{config}:{theta_digest(self.theta)}"
 
     def describe(self) -> dict:
         """JSON-ready record for ``config.json``."""
@@ -75,6 +77,19 @@ class OptimizerSpec:
             "weights": self.weights,
             "config": self.config,
         }
+
+
+def theta_digest(theta) -> str:
+    """sha256 of a parameter pytree: its structure, shapes, dtypes and values."""
+    import jax
+    import numpy as np
+
+    h = hashlib.sha256(str(jax.tree.structure(theta)).encode())
+    for leaf in jax.tree.leaves(theta):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:
