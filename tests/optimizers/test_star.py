@@ -183,9 +183,64 @@ def test_both_controllers_read_their_own_outputs(nominal):
                  d, d_nom, params)
 
 
+@pytest.mark.parametrize("value", [0.7, -2.0, 1e6])
+def test_step_size_controller_scales_the_whole_update_and_scaled_decay(value):
+    """k = exp(R tanh(c / R)) by hand; nominal + learned terms scale by k, and so does the
+    AdamW-style decay alpha * w * p (learned term large: full output scale)."""
+    params, grads = make_problem(11)
+    kw = dict(output_init_scale=1.0, step_multiplier=1e-3, weight_decay=0.3)
+    opt = STAR(**kw, step_size_controller=True)
+    theta = _with_output_row(opt.init(KEY), 2, value)  # c = value everywhere
+    s0 = opt.init_state(theta, params)
+    d, _ = opt.deltas(theta, s0, grads[0], params)
+    no_wd = STAR(**{**kw, "weight_decay": 0.0})
+    base_theta = {**theta, "mlp": {**theta["mlp"], "w2": theta["mlp"]["w2"][:, :2],
+                                   "b2": theta["mlp"]["b2"][:2]}}
+    d_base, _ = no_wd.deltas(base_theta, s0, grads[0], params)
+    r = np.log(100.0)
+    k = np.exp(r * np.tanh(value / r))
+    w_eff = 1e-3 * 0.3 * k
+    assert k <= 100.0 + 1e-9
+    jax.tree.map(
+        lambda a, b, p: np.testing.assert_allclose(a, k * b - w_eff * p, rtol=2e-5, atol=1e-9),
+        d, d_base, params,
+    )
+
+
+@pytest.mark.parametrize("aggregation", ["tensor", "coordinate"])
+def test_step_size_controller_aggregation(aggregation):
+    """Per tensor, the ratio to the k = 1 update is one number per tensor; per coordinate it
+    varies (random, full-size output weights make c differ between coordinates)."""
+    params, grads = make_problem(12)
+    opt = STAR(output_init_scale=1.0, step_multiplier=0.0, weight_decay=0.0,
+               step_size_controller=True, step_size_multiplier=5.0,
+               step_size_aggregation=aggregation)
+    theta = opt.init(jax.random.PRNGKey(3))
+    s0 = opt.init_state(theta, params)
+    d, _ = opt.deltas(theta, s0, grads[0], params)
+    base = STAR(step_multiplier=0.0, weight_decay=0.0)
+    d_base, _ = base.deltas(base.init(KEY), s0, grads[0], params)
+    for a, b in zip(jax.tree.leaves(d), jax.tree.leaves(d_base), strict=True):
+        ratio = np.asarray(a / b).ravel()
+        if ratio.size < 2:
+            continue
+        spread = ratio.max() / ratio.min()
+        if aggregation == "tensor":
+            assert spread == pytest.approx(1.0, rel=1e-4)
+        else:
+            assert spread > 1.01
+
+
+def test_step_size_controller_bound_is_checked_against_weight_decay():
+    with pytest.raises(ValueError, match="weight decay factor"):
+        STAR(step_size_controller=True, alpha=0.1, weight_decay=0.5)
+    STAR(step_size_controller=True, alpha=1e-3, weight_decay=0.5)
+
+
 def test_num_outputs_follow_controllers():
     assert STAR().num_outputs == 2
     assert STAR(nominal_controller=True, regularization_controller=True).num_outputs == 4
+    assert STAR(step_size_controller=True, nominal_controller=True).num_outputs == 4
     theta = STAR(nominal_controller=True).init(KEY)
     assert theta["mlp"]["w2"].shape == (4, 3)
 

@@ -2,12 +2,13 @@
 
 Full update, per parameter tensor (spec section 3)::
 
-    phi <- (1 - w_eff) phi - s_bb - s_nom
+    phi <- (1 - w_eff) phi - k * (s_bb + s_nom)
     s_nom = alpha * exp(lambda_1 n) * g_hat                  (nominal descent term)
     s_bb  = lambda_s * d * exp(lambda_0 m) [/ sqrt(v + 1e-6)] (learned, optionally preconditioned)
-    w_eff = (alpha * w  if decay_mode == "scaled" else w) * exp(lambda_2 r)
+    w_eff = (alpha * k * w  if decay_mode == "scaled" else w) * exp(lambda_2 r)
+    k     = exp(R tanh(lambda_c c / R))    (learned step size; k = 1 when the switch is off)
 
-``d, m`` (and the optional controllers ``n, r``) are outputs of the per-coordinate MLP. Every
+``d, m`` (and the optional controllers ``n, r, c``) are outputs of the per-coordinate MLP. Every
 inductive bias is a switch so the paper's ablations can run: ``nominal="none"`` removes the
 nominal term, ``step_multiplier=0`` gives "nominal only", ``precondition=False`` the
 unpreconditioned learned term, ``weight_decay=0`` no regularization.
@@ -16,6 +17,7 @@ unpreconditioned learned term, ``weight_decay=0`` no regularization.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import jax.numpy as jnp
@@ -75,6 +77,16 @@ class STAR(AdafactorMLPBase):
         intends, and PES meta-training from there reached 0.27 after 300 outer steps vs 0.49
         from the full-size init (same config and seed; ``configs/star_digits.toml``).
       * controllers off: whether they help is decided by the ablation (spec section 3).
+      * ``step_size_controller`` (off by default, on in the shipped recipe): a learned step
+        size ``k`` multiplying the whole update (nominal and learned terms, and the scaled
+        weight decay, as a learning rate does in AdamW). The paper's nominal controller,
+        ``exp(1e-3 n)``, cannot move a step by more than a few percent for O(1) outputs, and
+        tuned Adam's best rate on small tasks is 10-30x STAR's ``alpha = 1e-3`` (spec
+        section 6): ``k`` works on an exponential scale (``lambda_c = 1``: one unit of output
+        is a factor e) and is bounded to ``[e^-R, e^R]`` by a tanh (``R = ln 100``), so no
+        meta-parameter value can make the step explode. Aggregated per tensor by default: one
+        learned step per tensor, like a per-layer learning rate, horizon-free (it sees the
+        step counter's time features, never the total number of steps).
 
     Attributes:
         nominal: one of ``sgd, sgdm, aggmo, adam, adam_aggmo, none``.
@@ -85,6 +97,8 @@ class STAR(AdafactorMLPBase):
             ``exp(nominal_controller_multiplier * n)``.
         regularization_controller: extra output ``r`` scaling ``w_eff`` by
             ``exp(regularization_controller_multiplier * r)``.
+        step_size_controller: extra output ``c`` giving the step size ``k`` (see above);
+            ``step_size_multiplier`` is ``lambda_c``, ``step_size_range`` is ``R``.
         *_aggregation: ``coordinate`` (one value per coordinate) or ``tensor`` (the mean over
             the tensor, one value per tensor).
     """
@@ -104,6 +118,10 @@ class STAR(AdafactorMLPBase):
     regularization_controller: bool = False
     regularization_controller_multiplier: float = 1e-3
     regularization_controller_aggregation: str = "coordinate"
+    step_size_controller: bool = False
+    step_size_multiplier: float = 1.0
+    step_size_range: float = 4.605170185988092  # ln(100)
+    step_size_aggregation: str = "tensor"
 
     def __post_init__(self):
         super().__post_init__()
@@ -115,6 +133,11 @@ class STAR(AdafactorMLPBase):
             self.regularization_controller_aggregation,
             AGGREGATIONS,
         )
+        _choice("step_size_aggregation", self.step_size_aggregation, AGGREGATIONS)
+        if not self.step_size_multiplier >= 0:
+            raise ValueError(f"step_size_multiplier must be >= 0, got {self.step_size_multiplier}")
+        if not self.step_size_range > 0:
+            raise ValueError(f"step_size_range must be > 0, got {self.step_size_range}")
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
         if self.weight_decay < 0:
@@ -125,6 +148,16 @@ class STAR(AdafactorMLPBase):
                 "parameter would be zeroed or flipped each step; lower weight_decay or use "
                 "decay_mode='scaled'"
             )
+        largest = self.effective_weight_decay * (
+            math.exp(self.step_size_range)
+            if self.step_size_controller and self.decay_mode == "scaled" else 1.0
+        )
+        if self.step_size_controller and largest >= 1.0:
+            raise ValueError(
+                f"with the learned step size at its bound e^{self.step_size_range:g}, the weight "
+                f"decay factor per step would reach {largest:g} (>= 1); lower weight_decay, "
+                "alpha or step_size_range"
+            )
 
     @property
     def effective_weight_decay(self) -> float:
@@ -133,28 +166,41 @@ class STAR(AdafactorMLPBase):
 
     @property
     def num_outputs(self) -> int:
-        return 2 + int(self.nominal_controller) + int(self.regularization_controller)
+        """``d, m``, then ``n``, ``r`` and ``c`` for each controller that is on, in that order."""
+        return (2 + int(self.nominal_controller) + int(self.regularization_controller)
+                + int(self.step_size_controller))
+
+    def step_size(self, c) -> jnp.ndarray:
+        """``k = exp(R tanh(lambda_c c / R))``: exponential scale, bounded to ``[e^-R, e^R]``."""
+        c = _aggregate(c, self.step_size_aggregation)
+        r = self.step_size_range
+        return jnp.exp(r * jnp.tanh(self.step_size_multiplier * c / r))
 
     def leaf_delta(self, outs, p, g, st):
+        extra = iter(outs[2:])
+        n = next(extra) if self.nominal_controller else None
+        r = next(extra) if self.regularization_controller else None
+        k = self.step_size(next(extra)) if self.step_size_controller else None
         delta = jnp.zeros_like(p)
         if self.step_multiplier > 0:
             s_bb = self.blackbox_step(outs)
             if self.precondition:
                 s_bb = s_bb * adam_scale(st.v)
             delta = delta - s_bb
-        extra = iter(outs[2:])
         if self.nominal != "none" and self.alpha > 0:
             step = self.alpha
-            if self.nominal_controller:
-                n = _aggregate(next(extra), self.nominal_controller_aggregation)
+            if n is not None:
+                n = _aggregate(n, self.nominal_controller_aggregation)
                 step = step * jnp.exp(self.nominal_controller_multiplier * n)
             delta = delta - step * nominal_direction(self.nominal, g, st.m, st.v)
-        elif self.nominal_controller:
-            next(extra)
+        if k is not None:
+            delta = k * delta
         if self.weight_decay > 0:
             w_eff = self.effective_weight_decay
-            if self.regularization_controller:
-                r = _aggregate(next(extra), self.regularization_controller_aggregation)
+            if k is not None and self.decay_mode == "scaled":
+                w_eff = w_eff * k
+            if r is not None:
+                r = _aggregate(r, self.regularization_controller_aggregation)
                 w_eff = w_eff * jnp.exp(self.regularization_controller_multiplier * r)
             delta = delta - w_eff * p
         return delta
