@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "tasks",
     "meta_train",
     "evaluate",
+    "reproduce",
     "stability",
 )
 

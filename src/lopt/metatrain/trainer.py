@@ -144,8 +144,10 @@ class MetaTrainer:
             "est_state": self.estimator.init(theta, self.key_est),
         }
 
-    def _outer(self, theta, opt_state, est_state, step):
-        key = jax.random.fold_in(self.key_loop, step)
+    def _outer(self, theta, opt_state, est_state, step, key_loop):
+        # the run's keys are arguments, not captured constants: runs that differ only in their
+        # seed compile to the same program (the persistent compilation cache then serves them)
+        key = jax.random.fold_in(key_loop, step)
         grad, est_state, diag = self.estimator.step(theta, est_state, key)
         grad_norm = optax.tree.norm(grad)
         updates, new_opt_state = self.tx.update(grad, opt_state, theta)
@@ -165,7 +167,7 @@ class MetaTrainer:
         self._step_fn = jax.jit(
             self._outer,
             donate_argnums=(0, 1, 2),
-            in_shardings=(rep, rep, est_sh, rep),
+            in_shardings=(rep, rep, est_sh, rep, rep),
             out_shardings=(rep, rep, est_sh, rep),
         )
         return {
@@ -178,7 +180,7 @@ class MetaTrainer:
         """Mean normalized loss of ``theta`` on the fixed held-out draws (same every call)."""
         if self._eval_fn is None:
 
-            def ev(theta):
+            def ev(theta, key_eval):
                 along, final, total = 0.0, 0.0, 0
                 for i, (unroll, n) in enumerate(
                     zip(self.estimator.unrolls, self.eval_slots, strict=True)
@@ -186,13 +188,13 @@ class MetaTrainer:
                     if n == 0:
                         continue
                     a, f = unroll.evaluate(
-                        theta, jax.random.fold_in(self.key_eval, i), n, self.config.eval_horizon
+                        theta, jax.random.fold_in(key_eval, i), n, self.config.eval_horizon
                     )
                     along, final, total = along + jnp.sum(a), final + jnp.sum(f), total + n
                 return along / total, final / total
 
             self._eval_fn = jax.jit(ev)
-        along, final = self._eval_fn(theta)
+        along, final = self._eval_fn(theta, self.key_eval)
         return {"eval_loss": float(along), "eval_final_loss": float(final)}
 
     def save_theta(self, path: Path, theta, metadata: dict) -> None:
@@ -333,7 +335,8 @@ class MetaTrainer:
                     t0 = time.perf_counter()
                     consistent = False
                     theta, opt_state, est_state, diag = self._step_fn(
-                        state["theta"], state["opt_state"], state["est_state"], jnp.int32(step)
+                        state["theta"], state["opt_state"], state["est_state"], jnp.int32(step),
+                        self.key_loop,
                     )
                     state = {"theta": theta, "opt_state": opt_state, "est_state": est_state}
                     consistent = True

@@ -1,0 +1,81 @@
+"""``lopt reproduce``: the paper's experiments E1-E5 at small scale, with a report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    import argparse
+
+    p = sub.add_parser(
+        "reproduce",
+        help="reproduce the paper's experiments E1-E5 at small scale; writes report.md",
+        description=(
+            "Run the experiments of Harrison, Metz & Sohl-Dickstein (NeurIPS 2022) at small "
+            "scale: E1 stability on the noisy quadratic model (NQM), E2 meta-training speed of "
+            "STAR vs the blackbox learned optimizer, E3 long horizons, E4 tasks unlike the "
+            "meta-training ones vs learning-rate-tuned Adam, E5 ablations. Writes "
+            "OUT/report.md (setup, figure, table and whether each claim held here), "
+            "OUT/results.json and figures. Finished experiments, meta-training runs and "
+            "evaluation cells are kept: re-run the same command to continue."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="the small budget (about 15 minutes on 2 CPU cores) instead of the "
+                   "full one (a few hours)")
+    p.add_argument("--only", default=None, metavar="E1,E2,...",
+                   help="run only these experiments (E3 and E4 reuse E2's runs; default: all)")
+    p.add_argument("--out", required=True, help="output folder (re-use it to continue)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from lopt.cli.main import UsageError
+    from lopt.reproduce.budget import FULL, QUICK
+    from lopt.reproduce.runner import parse_only
+
+    try:
+        only = parse_only(args.only)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    budget = QUICK if args.quick else FULL
+    marker = out / "budget.txt"
+    if out.is_dir() and any(out.iterdir()):
+        if not marker.exists():
+            raise UsageError(f"--out {out} is a non-empty folder that holds no reproduction; "
+                             "choose another")
+        if marker.read_text().strip() != budget.name:
+            raise UsageError(f"{out} holds a '{marker.read_text().strip()}' reproduction; "
+                             f"this is '{budget.name}': choose another --out")
+
+    from lopt.evaluate.harness import Interrupted
+    from lopt.reproduce.runner import reproduce
+    from lopt.utils.interrupt import graceful_interrupt
+    from lopt.utils.io import atomic_write_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(marker, (budget.name + "\n").encode())
+    command = "lopt " + " ".join(sys.argv[1:]) if sys.argv and "lopt" in sys.argv[0] else None
+
+    def announce(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        with graceful_interrupt("lopt reproduce: stopping at the next safe point (Ctrl-C "
+                                "again to abort)") as stop:
+            reproduce(out, budget, only, progress=not args.no_progress, announce=announce,
+                      should_stop=stop.is_set, command=command)
+    except (Interrupted, KeyboardInterrupt):
+        print(f"lopt reproduce: interrupted; finished experiments, meta-training checkpoints "
+              f"and evaluation cells are kept in {out}; run the same command to continue",
+              file=sys.stderr)
+        return 130
+    print(f"lopt reproduce: wrote {out / 'report.md'} and {out / 'results.json'}")
+    return 0
