@@ -1,30 +1,72 @@
-"""Drop-in optax optimizers with shipped or user-provided meta-parameters."""
+"""Drop-in optax optimizers with shipped or user-provided meta-parameters.
+
+Shipped weights live in the package (``lopt/weights/<kind>.safetensors``) next to a model card
+(``<kind>.md`` for people, ``<kind>.json`` for programs) that records how they were trained and
+their sha256. Loading verifies the checksum, so a modified or corrupted file is refused with a
+clear error instead of silently training with something else. Nothing is ever downloaded.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from importlib import resources
 from pathlib import Path
 
 import jax
 
-from lopt.optimizers.io import load_meta_params, optimizer_classes
+from lopt.optimizers.io import MetaParamsError, load_meta_params, optimizer_classes
+
+KINDS = ("star", "blackbox")
+
+
+def weights_dir() -> Path:
+    """The package's folder of shipped weights and model cards."""
+    return Path(str(resources.files("lopt") / "weights"))
 
 
 def shipped_weights(kind: str) -> Path | None:
-    """Path of the best weights of ``kind`` shipped in ``lopt/weights``, if there are any."""
-    path = resources.files("lopt") / "weights" / f"{kind}.safetensors"
-    return Path(str(path)) if path.is_file() else None
+    """Path of the weights of ``kind`` shipped in ``lopt/weights``, if there are any."""
+    path = weights_dir() / f"{kind}.safetensors"
+    return path if path.is_file() else None
+
+
+def model_card(kind: str) -> dict | None:
+    """The machine-readable model card of the shipped ``kind`` weights (None if none ship)."""
+    path = weights_dir() / f"{kind}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def verify_shipped(kind: str) -> Path:
+    """The shipped weights of ``kind`` after checking their sha256 against the model card.
+
+    Raises:
+        MetaParamsError: no model card, no checksum in it, or a mismatch.
+    """
+    path = shipped_weights(kind)
+    if path is None:
+        raise MetaParamsError(f"no {kind} weights ship with this installation")
+    card = model_card(kind)
+    expected = (card or {}).get("sha256")
+    if not expected:
+        raise MetaParamsError(f"{path}: no model card with a sha256 next to the shipped weights")
+    h = hashlib.sha256(path.read_bytes()).hexdigest()
+    if h != expected:
+        raise MetaParamsError(
+            f"{path}: sha256 {h} does not match the model card's {expected}: the shipped "
+            "weights were modified or corrupted; reinstall lopt"
+        )
+    return path
 
 
 def resolve(kind: str, theta=None):
     """``(theta, optimizer)`` for ``theta`` = None (shipped or meta-init), a path, or a pytree."""
     cls = optimizer_classes()[kind]
     if theta is None:
-        path = shipped_weights(kind)
-        if path is None:
+        if shipped_weights(kind) is None:
             opt = cls()
             return opt.init(jax.random.PRNGKey(0)), opt
-        theta = path
+        theta = verify_shipped(kind)
     if isinstance(theta, (str, Path)):
         loaded, opt = load_meta_params(theta)
         if not isinstance(opt, cls):
@@ -36,10 +78,11 @@ def resolve(kind: str, theta=None):
 def star(theta=None, **optax_kwargs):
     """STAR as an optax transformation.
 
-    ``theta=None`` uses the best weights the package ships (until pretrained weights exist:
-    STAR at meta-initialization, a sound Adam-AggMo optimizer with step 1e-3); a path loads
-    meta-parameters saved by :func:`lopt.save_meta_params`; a pytree is used as-is with the
-    default STAR architecture.
+    ``theta=None`` uses the weights the package ships (checksum-verified; STAR at
+    meta-initialization, a sound Adam-AggMo optimizer with step 1e-3, if none ship); a path
+    loads meta-parameters saved by :func:`lopt.save_meta_params`; a pytree is used as-is with
+    the default STAR architecture. No horizon or total step count is needed; ``loss=`` is
+    optional.
     """
     theta, opt = resolve("star", theta)
     return opt.as_optax(theta, **optax_kwargs)

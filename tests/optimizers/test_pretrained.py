@@ -1,0 +1,66 @@
+"""Shipped weights: found in the package, checksum-verified against their model card."""
+
+import hashlib
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import lopt
+from lopt.optimizers import STAR, MetaParamsError, pretrained
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A weights folder holding STAR weights (alpha 0.05) and a model card with their sha256."""
+    opt = STAR(alpha=0.05)
+    theta = opt.init(jax.random.PRNGKey(1))
+    path = lopt.save_meta_params(tmp_path / "star.safetensors", theta, opt)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "star.json").write_text(json.dumps({"sha256": digest}))
+    monkeypatch.setattr(pretrained, "weights_dir", lambda: tmp_path)
+    return path, theta
+
+
+def test_star_uses_the_shipped_weights(shipped):
+    _, theta = shipped
+    got, opt = pretrained.resolve("star")
+    assert opt.alpha == 0.05
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(theta), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert lopt.star() is not None
+
+
+def test_a_tampered_copy_is_refused(shipped):
+    path, _ = shipped
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # flip one bit of the last weight
+    path.write_bytes(bytes(data))
+    with pytest.raises(MetaParamsError, match="sha256 .* does not match"):
+        lopt.star()
+
+
+def test_weights_without_a_card_are_refused(shipped, tmp_path):
+    (tmp_path / "star.json").unlink()
+    with pytest.raises(MetaParamsError, match="model card"):
+        pretrained.resolve("star")
+
+
+def test_no_shipped_weights_means_meta_initialization(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "weights_dir", lambda: tmp_path)
+    theta, opt = pretrained.resolve("blackbox")
+    ref = opt.init(jax.random.PRNGKey(0))
+    for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("kind", pretrained.KINDS)
+def test_the_real_shipped_weights_match_their_card(kind):
+    path = pretrained.shipped_weights(kind)
+    if path is None:
+        pytest.skip(f"no {kind} weights ship in this checkout")
+    card = pretrained.model_card(kind)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == card["sha256"]
+    theta, opt = pretrained.resolve(kind)
+    assert opt.name == kind and card["optimizer"]["config"] == opt.config()
