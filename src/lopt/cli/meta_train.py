@@ -13,6 +13,7 @@ FLAGS = {
     "optimizer": "optimizer",
     "tasks": "tasks",
     "estimator": "estimator",
+    "meta_loss": "meta_loss",
     "sigma": "sigma",
     "truncation": "truncation",
     "horizon_min": "horizon_min",
@@ -50,6 +51,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pkl")
     p.add_argument("--estimator", choices=("pes", "es", "tbptt"))
+    p.add_argument("--meta-loss", choices=("normalized", "log"),
+                   help="per-step meta-loss: the task's bounded loss, or its logarithm")
     p.add_argument("--sigma", type=float, help="ES/PES perturbation std")
     p.add_argument("--truncation", type=int, help="inner steps per truncation")
     p.add_argument("--horizon-min", type=int, help="shortest inner run")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ESTIMATORS = ("pes", "es", "tbptt")
+META_LOSSES = ("normalized", "log")
 OPTIMIZERS = ("star", "blackbox")
 SCHEDULES = ("constant", "cosine")
 
@@ -36,6 +37,9 @@ class EstimatorConfig:
             ignored by tbptt).
         random_offsets: start each slot at a random truncation of its first run so the slots are
             out of phase (otherwise every slot restarts at the same outer step).
+        meta_loss: ``normalized`` (the task's bounded normalizer, spec section 4) or ``log``
+            (its logarithm: relative progress counts, so tasks with small losses are not
+            drowned out by tasks with large ones).
     """
 
     estimator: str = "pes"
@@ -46,6 +50,7 @@ class EstimatorConfig:
     num_slots: int = 8
     antithetic: bool = True
     random_offsets: bool = True
+    meta_loss: str = "normalized"
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -68,6 +73,10 @@ class EstimatorConfig:
             raise ValueError(
                 f"truncation ({self.truncation}) is longer than the shortest inner run "
                 f"(horizon_min={self.horizon_min}); lower --truncation or raise the horizon"
+            )
+        if self.meta_loss not in META_LOSSES:
+            raise ValueError(
+                f"unknown meta_loss {self.meta_loss!r}; choose one of {', '.join(META_LOSSES)}"
             )
         if int(self.num_slots) != self.num_slots or self.num_slots < 1:
             raise ValueError(f"num_slots must be a positive integer, got {self.num_slots!r}")

@@ -8,7 +8,8 @@ and exposes two pure functions::
 
 ``step`` advances every slot by one truncation and is meant to run inside one ``jit``.
 
-The meta-loss of a particle is the mean over the truncation of ``task.normalizer(loss)``.
+The meta-loss of a particle is the mean over the truncation of ``task.normalizer(loss)`` (or of
+its logarithm with ``meta_loss = "log"``, see :func:`lopt.metatrain.unroll.meta_loss_of`).
 With ``L+`` / ``L-`` the meta-losses of an antithetic pair perturbed by ``+eps`` / ``-eps``,
 ``eps ~ N(0, sigma^2 I)`` drawn per slot and truncation:
 
@@ -92,6 +93,7 @@ class GradientEstimator:
                 num_particles=config.num_particles,
                 random_offsets=config.random_offsets,
                 scan_unroll=scan_unroll,
+                meta_loss=config.meta_loss,
             )
             for g in self.groups
         )

@@ -46,6 +46,20 @@ class UnrollState(NamedTuple):
     acc: Any
 
 
+#: smallest normalized loss the ``log`` meta-loss distinguishes (log(1e-4) = -9.2)
+LOG_FLOOR = 1e-4
+
+
+def meta_loss_of(kind: str, task, losses: jax.Array) -> jax.Array:
+    """Per-step meta-loss from raw losses: the task's bounded normalizer (``normalized``), or
+    its logarithm (``log``, floored at ``LOG_FLOOR``), which weighs every task by its relative
+    progress (halving a loss of 0.01 counts as much as halving a loss of 1), like a speedup."""
+    normalized = jax.vmap(task.normalizer)(losses)
+    if kind == "log":
+        return jnp.log(jnp.maximum(normalized, LOG_FLOOR))
+    return normalized
+
+
 def tree_where(mask: jax.Array, new, old):
     """``where(mask, new, old)`` leafwise; ``mask`` broadcasts from the leading axes."""
 
@@ -72,6 +86,7 @@ class GroupUnroll:
     num_particles: int
     random_offsets: bool = True
     scan_unroll: int = 1
+    meta_loss: str = "normalized"
 
     # -- run lengths -------------------------------------------------------------------------
     def sample_horizon(self, key: jax.Array) -> jax.Array:
@@ -161,7 +176,7 @@ class GroupUnroll:
             body, (params, opt_state), jnp.arange(length), unroll=self.scan_unroll
         )
         finite = jnp.all(jnp.isfinite(losses), axis=0)
-        return params, opt_state, jax.vmap(task.normalizer)(losses), finite
+        return params, opt_state, meta_loss_of(self.meta_loss, task, losses), finite
 
     def truncation_step(self, state: UnrollState, thetas):
         """Advance every slot by one truncation with per-slot, per-particle ``thetas``.
