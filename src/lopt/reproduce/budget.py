@@ -41,6 +41,7 @@ class Budget:
         in_distribution_tasks: fixed members of the family (``NAME@K``) for E3/E5.
         ood_tasks: tasks unlike the family, for E4 (each at ``horizon_max`` steps).
         long_horizon_factor: E3 trains for this many times ``horizon_max``.
+        ablation_tasks: E5's long-horizon evaluation of every ablation variant.
         e1_outer_steps, e1_resolution: meta-learned linear optimizers and stability maps.
     """
 
@@ -59,6 +60,7 @@ class Budget:
     in_distribution_tasks: tuple[str, ...]
     ood_tasks: tuple[str, ...]
     long_horizon_factor: int = 10
+    ablation_tasks: tuple[str, ...] = ()
     sigma: float = 0.01
     outer_lr: float = 1e-3
     e1_outer_steps: int = 200
@@ -104,6 +106,7 @@ QUICK = Budget(
     eval_seeds=2,
     in_distribution_tasks=("digits_mlp_family@1", "digits_mlp_family@2"),
     ood_tasks=("digits_autoencoder", "quadratic", "mnist1d_mlp"),
+    ablation_tasks=("digits_mlp_family@1",),
     e1_outer_steps=150,
     e1_resolution=30,
 )
@@ -129,6 +132,7 @@ FULL = Budget(
         "digits_mlp_deep", "mnist1d_mlp_wide", "digits_cnn", "digits_autoencoder",
         "text_lstm", "text_transformer", "quadratic", "nqm",
     ),
+    ablation_tasks=("digits_mlp_family@1", "mnist1d_mlp_family@1"),
     e1_outer_steps=1000,
     e1_resolution=80,
 )

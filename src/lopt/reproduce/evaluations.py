@@ -23,8 +23,10 @@ def spec_of(run: MetaRun, label: str):
 
 def evaluate_runs(ctx: Context, folder: str, labelled: dict[str, MetaRun],
                   tasks: tuple[str, ...], steps: int) -> Evaluation:
-    """Every run on every task for ``steps`` steps, against tuned Adam (cells are kept in
-    ``OUT/<folder>/cells`` so an interrupted experiment continues)."""
+    """Every run on every task for ``steps`` steps, against tuned Adam; figures go to
+    ``OUT/<folder>``. Cells are kept in one ``OUT/cells`` shared by all experiments, so an
+    interrupted experiment continues and a (theta, task, steps) pair that two experiments
+    need -- or the baseline's grid on one task -- is computed once."""
     from lopt.evaluate import report
 
     specs = [spec_of(run, label) for label, run in labelled.items()]
@@ -33,7 +35,7 @@ def evaluate_runs(ctx: Context, folder: str, labelled: dict[str, MetaRun],
     ctx.announce(f"{folder}: {len(specs)} optimizers x {len(tasks)} tasks x {steps} steps "
                  f"(+ Adam's learning-rate grid) ...")
     evaluation = evaluate(
-        specs, suite, EvalSettings(seeds=ctx.budget.eval_seeds), out,
+        specs, suite, EvalSettings(seeds=ctx.budget.eval_seeds), ctx.out,
         should_stop=ctx.should_stop,
     )
     report.figures(evaluation, out)

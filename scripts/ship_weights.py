@@ -1,0 +1,154 @@
+"""Ship meta-trained weights inside the package, with a model card (``.md`` and ``.json``).
+
+    python scripts/ship_weights.py --kind star --run runs/star_shipped \
+        --eval runs/shipped_eval --command "lopt meta-train --config configs/star_shipped.toml ..."
+
+Copies ``RUN/best.safetensors`` (the theta chosen by the fixed held-out evaluation) to
+``src/lopt/weights/<kind>.safetensors`` and writes the card: the meta-training config and exact
+command, the task mix, outer steps, wall time and CPU, the sha256 that ``lopt.star()`` verifies,
+the licence, and the evaluation numbers of ``lopt evaluate`` (``EVAL/results.json``) with the
+command that produced them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "src" / "lopt" / "weights"
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def card(kind: str, run: Path, evaluation: Path, command: str, eval_command: str,
+         wall_s: float | None, notes: str) -> tuple[dict, str]:
+    from lopt.optimizers.io import load_meta_params, read_metadata
+
+    config = json.loads((run / "config.json").read_text())
+    evals = _read_jsonl(run / "eval.jsonl")
+    metrics = _read_jsonl(run / "metrics.jsonl")
+    best = min(evals, key=lambda e: e["eval_loss"])
+    theta, opt = load_meta_params(run / "best.safetensors")
+    del theta
+    results = json.loads((evaluation / "results.json").read_text())
+    label = kind if kind in results["optimizers"] else next(iter(results["optimizers"]))
+    suites = {}
+    for name, suite in results["suites"].items():
+        rows = {}
+        for row in suite["tasks"]:
+            o = row["optimizers"].get(label)
+            if o is None:
+                continue
+            rows[row["task"]] = {
+                "steps": row["steps"],
+                "speedup": o["speedup_label"],
+                "final_loss": o["final_loss"],
+                "final_eval_loss": o["final_eval_loss"],
+                "diverged": o["diverged"],
+                "tuned_adam_lr": row["baseline"]["tuned_lr"],
+                "tuned_adam_final_loss": row["baseline"]["final_loss"],
+            }
+        suites[name] = {"summary": suite["summary"].get(label), "tasks": rows}
+    info = {
+        "name": f"lopt {kind}",
+        "optimizer": {"kind": kind, "config": opt.config()},
+        "licence": "Apache-2.0",
+        "meta_training": {
+            "command": command,
+            "config": config["config"],
+            "task_mix": {"name": config["config"]["tasks"], "groups": config.get("groups")},
+            "outer_steps": metrics[-1]["outer_step"] if metrics else 0,
+            "selected_outer_step": best["outer_step"],
+            "selected_eval_loss": best["eval_loss"],
+            "wall_s": wall_s,
+            "cpu": _cpu(),
+            "environment": config.get("environment"),
+            "source_metadata": read_metadata(run / "best.safetensors"),
+        },
+        "evaluation": {"command": eval_command, "settings": results["settings"],
+                       "suites": suites},
+        "notes": notes,
+    }
+    return info, _markdown(info)
+
+
+def _markdown(info: dict) -> str:
+    mt, ev = info["meta_training"], info["evaluation"]
+    lines = [
+        f"# Model card: {info['name']}",
+        "",
+        f"Licence: {info['licence']} (as the code). sha256: `{info.get('sha256', '')}`.",
+        "",
+        "## How it was trained",
+        "",
+        f"- Command: `{mt['command']}`",
+        f"- Task mix: `{mt['task_mix']['name']}` ({', '.join(mt['task_mix']['groups'] or [])})",
+        f"- Outer steps: {mt['outer_steps']}; theta selected at outer step "
+        f"{mt['selected_outer_step']} by the fixed held-out evaluation "
+        f"({mt['selected_eval_loss']:.4f}).",
+        f"- Wall time: {mt['wall_s'] if mt['wall_s'] is None else f'{mt['wall_s'] / 3600:.2f} h'}"
+        f" on {mt['cpu']} (2 cores, shared with other work).",
+        f"- Optimizer config: `{json.dumps(info['optimizer']['config'], sort_keys=True)}`",
+        "",
+        "## Evaluation against learning-rate-tuned Adam",
+        "",
+        f"Command: `{ev['command']}`. Speedup = steps Adam (best learning rate of "
+        "1e-4..1e-1 for that target) needs to reach this optimizer's final smoothed training "
+        "loss / this optimizer's steps.",
+        "",
+    ]
+    for name, suite in ev["suites"].items():
+        s = suite["summary"] or {}
+        med = s.get("median")
+        lines += [f"### `{name}`: median speedup {med:.2f}" if med is not None else
+                  f"### `{name}`", "",
+                  "| task | steps | speedup | final loss | held-out | tuned Adam lr | diverged |",
+                  "|---|---|---|---|---|---|---|"]
+        for task, r in suite["tasks"].items():
+            lines.append(f"| `{task}` | {r['steps']} | {r['speedup']} | {r['final_loss']} | "
+                         f"{r['final_eval_loss']} | {r['tuned_adam_lr']} | {r['diverged']} |")
+        lines.append("")
+    if info["notes"]:
+        lines += ["## Notes", "", info["notes"], ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--kind", choices=("star", "blackbox"), required=True)
+    p.add_argument("--run", type=Path, required=True, help="lopt meta-train output folder")
+    p.add_argument("--eval", type=Path, required=True, help="lopt evaluate output folder")
+    p.add_argument("--command", required=True, help="the exact meta-training command")
+    p.add_argument("--eval-command", required=True, help="the exact evaluation command")
+    p.add_argument("--wall-s", type=float, default=None, help="meta-training wall time")
+    p.add_argument("--notes", default="", help="markdown: targets met or missed, what was tried")
+    a = p.parse_args()
+    info, _ = card(a.kind, a.run, a.eval, a.command, a.eval_command, a.wall_s, a.notes)
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    target = WEIGHTS / f"{a.kind}.safetensors"
+    shutil.copyfile(a.run / "best.safetensors", target)
+    info["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
+    (WEIGHTS / f"{a.kind}.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    (WEIGHTS / f"{a.kind}.md").write_text(_markdown(info) + "\n")
+    print(f"shipped {target} (sha256 {info['sha256']}) with {a.kind}.json and {a.kind}.md")
+
+
+if __name__ == "__main__":
+    main()
