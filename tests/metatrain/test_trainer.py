@@ -78,7 +78,7 @@ def test_outputs_and_learning(tmp_path, momentum_lo, quad_family):
     t = trainer(tmp_path, momentum_lo, quad_family, "run", outer_steps=20, eval_every=5)
     out = t.run()
     d = tmp_path / "run"
-    for name in ("config.json", "metrics.jsonl", "eval.jsonl", "checkpoint.pkl"):
+    for name in ("config.json", "metrics.jsonl", "eval.jsonl", "checkpoint.safetensors"):
         assert (d / name).exists(), name
     assert (d / "best.safetensors.npz").exists() and (d / "theta.safetensors.npz").exists()
     cfg = json.loads((d / "config.json").read_text())
@@ -132,6 +132,6 @@ def test_exception_in_callback_checkpoints(tmp_path, momentum_lo, quad_family):
     from lopt.metatrain.checkpoint import load_checkpoint
 
     t = trainer(tmp_path, momentum_lo, quad_family, "k")
-    _, meta = load_checkpoint(tmp_path / "k" / "checkpoint.pkl",
+    _, meta = load_checkpoint(tmp_path / "k" / "checkpoint.safetensors",
                               {**t.init_state(), "key": t.key_loop})
     assert meta["outer_step"] == 1

@@ -18,20 +18,27 @@ Programmatic use::
     result = MetaTrainer(cfg, "runs/star").run(progress=True)
 """
 
-from lopt.metatrain.config import EstimatorConfig, MetaTrainConfig
-from lopt.metatrain.estimators import ES, PES, GradientEstimator, TruncatedBackprop, make_estimator
-from lopt.metatrain.trainer import MetaTrainer
-from lopt.metatrain.unroll import GroupUnroll, UnrollState
+# Imported on first use (PEP 562), so that reading a config (``lopt meta-train --help``) does not
+# start JAX.
+_LAZY = {
+    "EstimatorConfig": "config",
+    "MetaTrainConfig": "config",
+    "ES": "estimators",
+    "PES": "estimators",
+    "GradientEstimator": "estimators",
+    "TruncatedBackprop": "estimators",
+    "make_estimator": "estimators",
+    "MetaTrainer": "trainer",
+    "GroupUnroll": "unroll",
+    "UnrollState": "unroll",
+}
 
-__all__ = [
-    "ES",
-    "PES",
-    "EstimatorConfig",
-    "GradientEstimator",
-    "GroupUnroll",
-    "MetaTrainConfig",
-    "MetaTrainer",
-    "TruncatedBackprop",
-    "UnrollState",
-    "make_estimator",
-]
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"lopt.metatrain.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'lopt.metatrain' has no attribute {name!r}")

@@ -18,6 +18,8 @@ ESTIMATORS = ("pes", "es", "tbptt")
 META_LOSSES = ("normalized", "log")
 OPTIMIZERS = ("star", "blackbox")
 SCHEDULES = ("constant", "cosine")
+#: flag spellings of earlier versions that are not config keys -> the key (for error hints)
+OLD_NAMES = {"slots": "num_slots", "lr": "outer_lr", "clip": "clip_norm"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +174,18 @@ class MetaTrainConfig(EstimatorConfig):
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
+            import difflib
+
+            hints = []
+            for key in unknown:
+                guess = OLD_NAMES.get(key) or next(
+                    iter(difflib.get_close_matches(key, known, n=1)), None
+                )
+                if guess:
+                    hints.append(f"{key!r} -> {guess!r}")
+            hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
             raise ValueError(
-                f"unknown config keys {unknown}; valid keys: {', '.join(sorted(known))}"
+                f"unknown config keys {unknown}{hint}; valid keys: {', '.join(sorted(known))}"
             )
         return cls(**data)
 

@@ -13,7 +13,8 @@ Files in the output directory:
                         ``includes_compile`` on a process's first step, whose time includes
                         compilation)
     eval.jsonl          the fixed held-out evaluations (outer step 0 included)
-    checkpoint.pkl      latest checkpoint (every ``checkpoint_every`` steps, at the end, on Ctrl-C)
+    checkpoint.safetensors  latest checkpoint, data only (every ``checkpoint_every`` steps, at the
+                        end, and on Ctrl-C -- at outer step 0 when that comes before the first step)
     best.safetensors    theta with the best held-out evaluation so far
     theta.safetensors   final theta
 """
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,9 +36,12 @@ from lopt.metatrain.checkpoint import CheckpointError, load_checkpoint, save_che
 from lopt.metatrain.config import MetaTrainConfig
 from lopt.metatrain.estimators import allocate_slots, make_estimator
 from lopt.metatrain.unroll import tree_where
+from lopt.utils.interrupt import graceful_interrupt
 from lopt.utils.io import atomic_write_bytes, atomic_write_json
 
-CHECKPOINT = "checkpoint.pkl"
+CHECKPOINT = "checkpoint.safetensors"
+#: the pickle checkpoints of earlier versions: recognised only to say they are no longer loaded
+LEGACY_CHECKPOINT = "checkpoint.pkl"
 #: config fields a resumed run may change; anything else must match the checkpoint.
 RESUMABLE_CHANGES = ("outer_steps", "checkpoint_every", "eval_every")
 
@@ -134,6 +136,8 @@ class MetaTrainer:
         self.eval_slots = allocate_slots(config.eval_tasks, self.estimator.weights)
         self._step_fn = None
         self._eval_fn = None
+        #: outer step of the checkpoint now in ``out_dir`` (None: none written or loaded yet)
+        self.checkpoint_step: int | None = None
 
     # -- pieces ----------------------------------------------------------------------------
     def init_state(self) -> dict:
@@ -230,6 +234,10 @@ class MetaTrainer:
                 "inner_steps_per_outer_step": self.estimator.inner_steps_per_step,
                 "inner_steps_counting": "slots x truncation x particles (2 for antithetic)",
                 "resumed_at": history,
+                "initial_theta": {
+                    "source": "meta-initialization",
+                    "key": "optimizer.init(split(PRNGKey(seed), 4)[0])",
+                },
                 "environment": environment_info(),
             },
         )
@@ -238,23 +246,27 @@ class MetaTrainer:
         path = self.out / name
         if not path.exists():
             return
-        keep = [
-            line
-            for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["outer_step"] <= upto
-        ]
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut short by a hard stop
+                continue
+            if rec["outer_step"] <= upto:
+                keep.append(line)
         atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
 
     def _checkpoint(self, state, step: int, best: dict) -> None:
         tree = {**state, "key": self.key_loop}
         meta = {"outer_step": step, "best": best, "config": self.config.to_dict()}
         save_checkpoint(self.out / CHECKPOINT, tree, meta)
+        self.checkpoint_step = step
 
     def _load(self, template_state) -> tuple[dict, int, dict]:
         template = {**template_state, "key": self.key_loop}
         tree, meta = load_checkpoint(self.out / CHECKPOINT, template)
         saved = meta["config"]
-        now = self.config.to_dict()
+        now = json.loads(json.dumps(self.config.to_dict()))  # as stored: tuples become lists
         changed = sorted(
             k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
         )
@@ -264,26 +276,47 @@ class MetaTrainer:
                 f"{', '.join(changed)}; only {', '.join(RESUMABLE_CHANGES)} may change"
             )
         tree.pop("key")
+        self.checkpoint_step = int(meta["outer_step"])
         return jax.tree.map(jnp.asarray, tree), int(meta["outer_step"]), meta["best"]
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, *, resume: bool = False, progress: bool = False, callback=None) -> dict:
         """Meta-train up to ``config.outer_steps``; return a summary dict.
 
+        Ctrl-C (SIGINT) stops at a safe point: the first one sets a flag checked between jitted
+        calls (after start-up, after the step-0 evaluation, after every outer step); the run then
+        checkpoints where it is (outer step 0 if no step has run) and raises
+        ``KeyboardInterrupt``. A second Ctrl-C raises at once and keeps the last checkpoint.
+        ``checkpoint_step`` says which outer step the checkpoint in the directory holds.
         ``callback(outer_step, record)`` runs after every step (it may raise
         ``KeyboardInterrupt``, which checkpoints and re-raises, as Ctrl-C does).
+        ``resume=True`` without a checkpoint raises :class:`CheckpointError`.
         """
+        with graceful_interrupt() as interrupted:
+            return self._run(resume, progress, callback, interrupted)
+
+    def _run(self, resume, progress, callback, interrupted) -> dict:
         cfg = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         ckpt = self.out / CHECKPOINT
+        if resume and not ckpt.exists():
+            legacy = (self.out / LEGACY_CHECKPOINT).exists()
+            raise CheckpointError(
+                f"nothing to resume in {self.out}: "
+                + (f"its {LEGACY_CHECKPOINT} is a pickle checkpoint of an earlier lopt, no "
+                   "longer loaded because unpickling can run code" if legacy
+                   else f"no {CHECKPOINT}")
+                + "; start a new run instead"
+            )
         state = self.init_state()
-        if resume and ckpt.exists():
+        if resume:
             state, start, best = self._load(state)
             self._truncate_jsonl("metrics.jsonl", start)
-            self._truncate_jsonl("eval.jsonl", start)
+            # the step-0 evaluation is redone when resuming at step 0 (see below)
+            self._truncate_jsonl("eval.jsonl", start if start > 0 else -1)
             self._write_config(resumed_at=start)
         else:
-            if ckpt.exists() and not resume:
+            if ckpt.exists():
                 raise FileExistsError(
                     f"{self.out} already holds a run ({CHECKPOINT}); pass --resume to continue "
                     "it or choose another --out"
@@ -307,29 +340,21 @@ class MetaTrainer:
                 )
             return rec
 
-        if cfg.eval_every and start == 0:
-            do_eval(0)
-
-        interrupted = threading.Event()
-
-        def on_sigint(signum, frame):
-            # first Ctrl-C: finish the current step, checkpoint, stop; second: stop now
-            if interrupted.is_set():
-                raise KeyboardInterrupt
-            interrupted.set()
-
-        old_handler = None
-        if threading.current_thread() is threading.main_thread():
-            old_handler = signal.signal(signal.SIGINT, on_sigint)
         consistent = True  # False while a step that donated the state's buffers is in flight
         bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.outer_steps, initial=start, desc="meta-train", unit="step")
         step = start
         last_record: dict = {}
         try:
+            if interrupted.is_set():  # Ctrl-C during start-up
+                raise KeyboardInterrupt
+            if cfg.eval_every and start == 0:
+                do_eval(0)
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=cfg.outer_steps, initial=start, desc="meta-train", unit="step")
             with open(self.out / "metrics.jsonl", "a") as metrics:
                 while step < cfg.outer_steps:
                     t0 = time.perf_counter()
@@ -381,8 +406,6 @@ class MetaTrainer:
         finally:
             if bar is not None:
                 bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
 
         self.save_theta(
             self.out / "theta.safetensors",
