@@ -13,7 +13,7 @@ curvature and gradient scale and then linearizes, over a grid of both.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import jax
@@ -224,6 +224,8 @@ def stability_report(
     warmup_steps: int = 10,
     param_scale: float = 1.0,
     seed: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+    on_point: Callable[[], None] | None = None,
 ) -> StabilityReport:
     """Spectral radius of ``optimizer`` (at meta-parameters ``theta``) per curvature and grad scale.
 
@@ -231,6 +233,10 @@ def stability_report(
     its minimum placed so that the gradient at ``phi0`` has RMS ``s``; the optimizer runs
     ``warmup_steps`` real steps from a fresh state (filling its accumulators at that scale), then
     the step map is linearized there. All points share the seed, so the grid is comparable.
+
+    The grid is computed one curvature (row) at a time; ``on_point()`` is called after every
+    point (progress) and ``should_stop()`` between rows: when it returns True the report holds
+    the rows finished so far (``curvatures`` is cut to them; possibly none).
     """
     hs = np.asarray(curvatures, dtype=np.float64).ravel()
     ss = np.asarray(grad_scales, dtype=np.float64).ravel()
@@ -243,21 +249,33 @@ def stability_report(
     if dim < 1 or warmup_steps < 0:
         raise ValueError("dim must be >= 1 and warmup_steps >= 0")
     point = _point_fn(optimizer, dim, warmup_steps, param_scale)
-    hh, sg = np.meshgrid(hs, ss, indexing="ij")
     key = jax.random.PRNGKey(seed)
-    outs = [
-        point(theta, jnp.float32(h), jnp.float32(s), key)
-        for h, s in zip(hh.ravel(), sg.ravel(), strict=True)
-    ]
-    jac = np.stack([np.asarray(j, dtype=np.float64) for j, _ in outs])
-    rms = np.array([float(r) for _, r in outs])
-    rho = np.array([Linearization(J, dim).spectral_radius for J in jac]).reshape(hh.shape)
+    rho_rows, rms_rows, state_dim = [], [], None
+    for h in hs:
+        if should_stop is not None and should_stop():
+            break
+        rho_row, rms_row = [], []
+        outs = [point(theta, jnp.float32(h), jnp.float32(s), key) for s in ss]  # async dispatch
+        for J, r in outs:
+            J = np.asarray(J, dtype=np.float64)
+            state_dim = int(J.shape[-1])
+            rho_row.append(Linearization(J, dim).spectral_radius)
+            rms_row.append(float(r))
+            if on_point is not None:
+                on_point()
+        rho_rows.append(rho_row)
+        rms_rows.append(rms_row)
+    done = len(rho_rows)
     settings = {
         "optimizer": getattr(optimizer, "name", type(optimizer).__name__),
         "dim": dim,
         "warmup_steps": warmup_steps,
         "param_scale": param_scale,
         "seed": seed,
-        "state_dim": int(jac.shape[-1]),
+        "state_dim": state_dim,
     }
-    return StabilityReport(hs, ss, rho, rms.reshape(hh.shape), settings)
+    shape = (done, ss.size)
+    return StabilityReport(
+        hs[:done], ss, np.asarray(rho_rows, float).reshape(shape),
+        np.asarray(rms_rows, float).reshape(shape), settings,
+    )

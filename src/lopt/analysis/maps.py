@@ -10,7 +10,7 @@ resolution. Learned optimizers get the same picture over gradient scale x curvat
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +60,11 @@ class StabilityMap:
             "boundary": [None if b is None else float(b) for b in self.boundary],
             "settings": dict(self.settings),
         }
+
+
+#: curvatures per linear-dynamics build in :func:`stability_map` (the dense state matrix has
+#: (state blocks x curvatures)^2 entries, so many curvatures at once cost more than they save)
+ROW_BLOCK = 8
 
 
 def per_direction_radius(dyn: linear.LinearDynamics) -> np.ndarray:
@@ -120,12 +125,20 @@ def stability_map(
     betas: Sequence[float] = (0.0, 0.9, 0.99),
     second_moment: float = 1.0,
     weight_decay: float = 0.0,
+    should_stop: Callable[[], bool] | None = None,
+    on_row: Callable[[], None] | None = None,
 ) -> StabilityMap:
     """Spectral radius of an analytic optimizer (see ``linear.OPTIMIZERS``) over a grid.
 
     Default: learning rate x curvature at fixed ``beta``. With ``betas_axis`` given, learning rate x
-    momentum ``beta`` at the single curvature ``curvatures``.
+    momentum ``beta`` at the single curvature ``curvatures``. Rows (one y value each, with its
+    refined edge) are finished one at a time: ``on_row()`` after each, ``should_stop()`` before
+    each; a stop returns the rows finished so far (possibly none).
     """
+
+    def stop() -> bool:
+        return should_stop is not None and should_stop()
+
     xs = np.sort(np.asarray(lrs, dtype=np.float64).ravel())
     if xs.size < 2 or np.any(xs <= 0):
         raise ValueError("need at least two learning rates, all > 0")
@@ -135,25 +148,44 @@ def stability_map(
         if hs.size == 0 or np.any(hs < 0):
             raise ValueError("curvatures must be >= 0")
         kw = dict(base_kw, beta=beta)
-        rho = np.stack([per_direction_radius(linear.build(optimizer, hs, x, **kw)) for x in xs], 1)
-        boundary = [
-            _boundary_row(rho[i], xs, lambda lr, h=h: _rho_point(optimizer, lr, h, kw))
-            for i, h in enumerate(hs)
-        ]
-        ys, y_name = hs, "curvature"
+        rows, boundary = [], []
+        for start in range(0, hs.size, ROW_BLOCK):
+            # a few curvatures per build: the state matrix grows with their square
+            block = hs[start : start + ROW_BLOCK]
+            rho = np.stack(
+                [per_direction_radius(linear.build(optimizer, block, x, **kw)) for x in xs], 1
+            )
+            for h, row in zip(block, rho, strict=True):
+                if stop():
+                    break
+                rows.append(row)
+                boundary.append(
+                    _boundary_row(row, xs, lambda lr, h=h: _rho_point(optimizer, lr, h, kw))
+                )
+                if on_row is not None:
+                    on_row()
+            if len(rows) < min(start + ROW_BLOCK, hs.size):
+                break
+        ys, y_name = hs[: len(rows)], "curvature"
+        rho = np.asarray(rows, float).reshape(len(rows), xs.size)
         settings = dict(kw)
     else:
         h = float(np.asarray(curvatures, dtype=np.float64).ravel()[0])
         ys = np.asarray(betas_axis, dtype=np.float64).ravel()
         rows, boundary = [], []
         for b in ys:
+            if stop():
+                break
             kw = dict(base_kw, beta=float(b))
             row = np.array([_rho_point(optimizer, x, h, kw) for x in xs])
             rows.append(row)
             boundary.append(
                 _boundary_row(row, xs, lambda lr, kw=kw: _rho_point(optimizer, lr, h, kw))
             )
-        rho, y_name = np.stack(rows), "beta"
+            if on_row is not None:
+                on_row()
+        ys = ys[: len(rows)]
+        rho, y_name = np.asarray(rows, float).reshape(len(rows), xs.size), "beta"
         settings = dict(base_kw, curvature=h)
     settings["betas"] = list(settings.get("betas", ()))
     return StabilityMap(optimizer, "lr", xs, y_name, ys, rho, boundary, settings)

@@ -17,6 +17,7 @@ and both ends of the real spectrum.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -156,13 +157,21 @@ def _compiled_step(dim: int, horizon: int, batch: int, log_loss: bool):
     return init, jax.jit(step)
 
 
-def meta_train_linear(cfg: NQMMetaConfig) -> NQMMetaResult:
+def meta_train_linear(
+    cfg: NQMMetaConfig,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> NQMMetaResult:
     """Outer Adam on ``theta`` with exact meta-gradients through ``lax.scan`` unrolls.
 
     Each unroll starts at ``phi_0 ~ N(0, H^{-1})`` (equal initial loss in every eigen-direction) and
     sees fresh minima ``mu_t ~ N(0, noise I)``; the meta-loss is the mean training loss over the
     horizon (its log with ``log_loss``), averaged over ``batch`` seeded unrolls. Steps whose
     meta-gradient is not finite are skipped and counted in ``nonfinite_steps``.
+
+    ``on_step()`` runs after every outer step (progress) and ``should_stop()`` before each; a
+    stop returns the steps done so far (``len(result.meta_loss)`` of them).
     """
     import jax
     import jax.numpy as jnp
@@ -183,11 +192,15 @@ def meta_train_linear(cfg: NQMMetaConfig) -> NQMMetaResult:
     key = jax.random.PRNGKey(cfg.seed)
     losses, thetas, skipped = [], [np.asarray(theta, np.float64)], 0
     for _ in range(cfg.outer_steps):
+        if should_stop is not None and should_stop():
+            break
         key, sub = jax.random.split(key)
         theta, opt_state, loss, ok = step(theta, opt_state, hyper, H, init_root, sub)
         losses.append(float(loss))
         skipped += int(not bool(ok))
         thetas.append(np.asarray(theta, np.float64))
+        if on_step is not None:
+            on_step()
     eigs = [np.linalg.eigvals(_transition(cfg, H_np, t)) for t in thetas]
     return NQMMetaResult(
         config=cfg,
