@@ -1,6 +1,7 @@
 """Saving and loading meta-parameters: exact round trips, clear errors on bad files."""
 
 import json
+import re
 import struct
 
 import jax
@@ -66,7 +67,7 @@ def test_not_a_safetensors_file(tmp_path):
     bad.write_bytes(struct.pack("<Q", 10) + b"not json!!" + b"\0" * 8)
     with pytest.raises(MetaParamsError, match="corrupt"):
         lopt.load_meta_params(bad)
-    with pytest.raises(MetaParamsError, match="no such"):
+    with pytest.raises(MetaParamsError, match="file not found"):
         lopt.load_meta_params(tmp_path / "missing.safetensors")
 
 
@@ -113,3 +114,13 @@ def test_saving_wrong_shapes_or_nonfinite_is_refused(tmp_path):
     with pytest.raises(MetaParamsError, match="non-finite"):
         lopt.save_meta_params(tmp_path / "b.safetensors", bad, opt)
     assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_text_file_renamed_safetensors_is_named_for_what_it_is(tmp_path):
+    bad = tmp_path / "notes.safetensors"
+    bad.write_text("these are my notes, not weights\n" * 20)
+    with pytest.raises(MetaParamsError) as err:
+        lopt.load_meta_params(bad)
+    msg = str(err.value)
+    assert "not a safetensors file" in msg and "renamed" in msg
+    assert not re.search(r"\d{10,}", msg)  # no 19-digit "header length" read from text

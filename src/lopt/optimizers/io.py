@@ -24,6 +24,10 @@ FORMAT = "lopt-meta-params"
 FORMAT_VERSION = "1"
 
 
+#: safetensors refuses headers above 100 MB; a larger "length" means this is not such a file
+MAX_HEADER_BYTES = 100_000_000
+
+
 class MetaParamsError(ValueError):
     """A meta-parameter file that cannot be used; the message says why."""
 
@@ -76,13 +80,19 @@ def read_metadata(path) -> dict:
     """The header metadata of a meta-parameter file, validated."""
     path = Path(path)
     if not path.is_file():
-        raise MetaParamsError(f"{path}: no such meta-parameter file")
+        what = "is a directory, not" if path.is_dir() else "file not found: no"
+        raise MetaParamsError(f"{path}: {what} meta-parameter file")
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
             raise MetaParamsError(f"{path}: truncated file ({size} bytes): not a safetensors file")
         (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES:
+            raise MetaParamsError(
+                f"{path}: not a safetensors file (it does not start with a header length and a "
+                "JSON header; was another kind of file renamed .safetensors?)"
+            )
         if n > size - 8:
             raise MetaParamsError(
                 f"{path}: truncated or not a safetensors file (header says {n} bytes, file has "

@@ -47,6 +47,8 @@ class Task:
         loss: ``loss(params, batch) -> scalar`` training loss.
         normalizer: ``normalizer(loss) -> bounded meta-loss`` (non-finite -> bound).
         eval_loss: optional ``eval_loss(params, key) -> scalar`` held-out loss.
+        eval_accuracy: optional ``eval_accuracy(params, key) -> scalar`` held-out accuracy
+            (fraction correct) of classification tasks, on the same split as ``eval_loss``.
     """
 
     name: str
@@ -55,6 +57,7 @@ class Task:
     loss: Callable[[Params, Batch], jax.Array]
     normalizer: Callable[[jax.Array], jax.Array]
     eval_loss: Callable[[Params, jax.Array], jax.Array] | None = None
+    eval_accuracy: Callable[[Params, jax.Array], jax.Array] | None = None
 
 
 @runtime_checkable

@@ -143,6 +143,11 @@ def classifier_task(
         del key  # the whole held-out split: deterministic
         return xent(params, data.x_test, data.y_test)
 
+    def eval_accuracy(params, key):
+        del key
+        logits = model.apply(params, data.x_test, act)
+        return jnp.mean(jnp.argmax(logits, axis=-1) == data.y_test).astype(jnp.float32)
+
     return Task(
         name=name,
         init=init,
@@ -150,6 +155,7 @@ def classifier_task(
         loss=loss,
         normalizer=lambda value: clip_meta_loss(value, bound),
         eval_loss=eval_loss if data.x_test.shape[0] else None,
+        eval_accuracy=eval_accuracy if data.x_test.shape[0] else None,
     )
 
 

@@ -56,6 +56,8 @@ class TrainCurves:
         steps: steps requested; ``steps_done`` the steps run (fewer when stopped early).
         stopped: ``None``, ``"interrupted"`` or ``"non_finite"``.
         wall_s: seconds in the loop, ``compile_s`` of which were spent compiling.
+        eval_accuracies: ``[G, S, len(eval_steps)]`` held-out accuracy at the same steps for
+            classification tasks (``Task.eval_accuracy``), else None.
     """
 
     losses: np.ndarray
@@ -66,6 +68,7 @@ class TrainCurves:
     stopped: str | None
     wall_s: float
     compile_s: float
+    eval_accuracies: np.ndarray | None = None
 
     @property
     def has_eval(self) -> bool:
@@ -98,6 +101,7 @@ def train_curves(
     should_stop: Callable[[], bool] | None = None,
     on_chunk: Callable[[int, np.ndarray], None] | None = None,
     on_compile: Callable[[], None] | None = None,
+    on_eval: Callable[[int, dict], None] | None = None,
 ) -> TrainCurves:
     """Train ``task`` with every variant in ``thetas`` (leading axis ``G``) for every seed.
 
@@ -121,6 +125,9 @@ def train_curves(
             evaluation happened at ``steps_done``. It is also called once before the first
             step, as ``on_chunk(0, <[G, S, 0] array>, eval_at_step_0_or_None)``.
         on_compile: called once before the first (compiling) jitted call.
+        on_eval: ``on_eval(steps_done, {"eval_loss": [G, S], "eval_accuracy": [G, S]})``
+            right after each held-out evaluation (before that chunk's ``on_chunk``); the
+            accuracy entry only for tasks with ``eval_accuracy``.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -135,6 +142,7 @@ def train_curves(
     num_variants = num_variants.pop() if num_variants else 1
 
     has_eval = task.eval_loss is not None
+    has_acc = has_eval and getattr(task, "eval_accuracy", None) is not None
     chunk = chunk or choose_chunk(steps, eval_every if has_eval else None)
     if has_eval:
         eval_every = math.ceil((eval_every or steps) / chunk) * chunk
@@ -177,7 +185,12 @@ def train_curves(
     init_all = jax.jit(jax.vmap(jax.vmap(init_one, in_axes=(None, 0)), in_axes=(0, None)))
     evaluate = None
     if has_eval:
-        ev = lambda params, key: task.eval_loss(params, key).astype(jnp.float32)
+        def ev(params, key):
+            loss = task.eval_loss(params, key).astype(jnp.float32)
+            if not has_acc:
+                return loss, jnp.float32(jnp.nan)
+            return loss, task.eval_accuracy(params, key).astype(jnp.float32)
+
         evaluate = jax.jit(jax.vmap(jax.vmap(ev, in_axes=(0, 0)), in_axes=(0, None)))
 
     t_start = time.perf_counter()
@@ -187,10 +200,18 @@ def train_curves(
     params, state = init_all(thetas, k_init)
     eval_steps: list[int] = []
     eval_rows: list[np.ndarray] = []
+    acc_rows: list[np.ndarray] = []
 
     def do_eval(done: int) -> np.ndarray:
+        loss, acc = jax.device_get(evaluate(params, k_eval))
         eval_steps.append(done)
-        eval_rows.append(np.asarray(jax.device_get(evaluate(params, k_eval)), np.float64))
+        eval_rows.append(np.asarray(loss, np.float64))
+        acc_rows.append(np.asarray(acc, np.float64))
+        if on_eval is not None:
+            row = {"eval_loss": eval_rows[-1]}
+            if has_acc:
+                row["eval_accuracy"] = acc_rows[-1]
+            on_eval(done, row)
         return eval_rows[-1]
 
     row0 = do_eval(0) if has_eval else None
@@ -244,6 +265,7 @@ def train_curves(
         stopped=stopped,
         wall_s=time.perf_counter() - t_start,
         compile_s=compile_s,
+        eval_accuracies=np.stack(acc_rows, axis=-1) if has_acc and acc_rows else None,
     )
 
 

@@ -100,6 +100,19 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether an optimizer argument was meant as a file (so a miss is "file not found")."""
+    return "/" in name or "\\" in name or name.endswith(".safetensors") or name.startswith(".")
+
+
+def weights_record(path: str | Path | None) -> dict:
+    """What ``config.json`` records about the weights a learned optimizer uses:
+    ``{"path", "sha256"}`` of the file, or ``{"source": "meta-initialization"}`` without one."""
+    if path is None:
+        return {"source": "meta-initialization"}
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+
+
 def hand_designed_spec(name: str, learning_rate: float) -> OptimizerSpec:
     if name not in HAND_DESIGNED:
         raise OptimizerSpecError(
@@ -154,13 +167,14 @@ def resolve(name: str, learning_rate: float | None = None) -> OptimizerSpec:
     if name in LEARNED:
         path = shipped_weights(name)
         theta, opt = resolve_learned(name)
-        weights = (
-            {"path": str(path), "sha256": file_sha256(path)}
-            if path is not None
-            else {"source": "meta-initialization"}
-        )
+        weights = weights_record(path)
         return learned_spec(theta, opt, label=name, kind="learned", weights=weights)
     path = Path(name)
+    if not path.exists() and looks_like_path(name):
+        raise OptimizerSpecError(
+            f"file not found: {name} (the optimizer is read as a path to saved meta-parameters; "
+            f"names are {', '.join(NAMES)})"
+        )
     if not path.exists():
         raise OptimizerSpecError(
             f"unknown optimizer {name!r}: not one of {', '.join(NAMES)}, and no file "
@@ -172,5 +186,5 @@ def resolve(name: str, learning_rate: float | None = None) -> OptimizerSpec:
         theta, opt = load_meta_params(path)
     except (MetaParamsError, OSError, ValueError, KeyError) as err:
         raise OptimizerSpecError(f"cannot load meta-parameters from {path}: {err}") from None
-    weights = {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    weights = weights_record(path)
     return learned_spec(theta, opt, label=path.stem, kind="path", weights=weights)
