@@ -24,7 +24,7 @@ def test_meta_train_smoke_and_resume(tmp_path, capsys):
                  *SMALL]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["outer_step"] == 2
-    for name in ("config.json", "metrics.jsonl", "eval.jsonl", "checkpoint.pkl",
+    for name in ("config.json", "metrics.jsonl", "eval.jsonl", "checkpoint.safetensors",
                  "best.safetensors", "theta.safetensors"):
         assert (out / name).exists(), name
     theta, opt = lopt.load_meta_params(out / "theta.safetensors")

@@ -124,9 +124,11 @@ def test_map_beta_axis(tmp_path):
         assert b == pytest.approx(1 + beta, rel=1e-6)  # 2 (1 + beta) / h with h = 2
 
 
-def test_learned_path_that_does_not_exist_is_unknown(capsys):
+def test_missing_weights_path_is_file_not_found_and_a_typo_is_unknown(capsys):
     code = _exit_code(["stability", "--optimizer", "/nope/theta.safetensors", "--curvature", "1"])
-    assert code == 2 and "unknown optimizer" in capsys.readouterr().err
+    assert code == 2 and "file not found: /nope/theta.safetensors" in capsys.readouterr().err
+    code = _exit_code(["stability", "--optimizer", "strar", "--curvature", "1"])
+    assert code == 2 and "unknown optimizer 'strar'" in capsys.readouterr().err
 
 
 def test_meta_linear_writes_e1_outputs(tmp_path, capsys):
@@ -162,9 +164,7 @@ def test_map_single_curvature_row_and_bad_range(tmp_path, capsys):
     assert 0 < metrics["stable_fraction"] < 1
     data = json.loads((out / "map.json").read_text())
     assert data["boundary"] == [pytest.approx(0.5)]
-    assert (
-        _exit_code(
-            ["stability", "map", "--optimizer", "sgd", "--curvature", "-1,2", "--out", str(out)]
-        )
-        == 2
-    )
+    bad = ["stability", "map", "--optimizer", "sgd", "--curvature", "-1,2"]
+    assert _exit_code([*bad, "--out", str(tmp_path / "bad")]) == 2
+    assert "--curvature" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # arguments are checked before --out is created

@@ -26,10 +26,14 @@ def test_train_digits_mlp_writes_metrics_config_and_plot(tmp_path, capsys):
     assert all(isinstance(r["loss"], float) for r in recs)
     assert recs[-1]["loss"] < recs[0]["loss"]
     assert "eval_loss" in recs[0] and "eval_loss" in recs[-1]
+    # a classifier: held-out accuracy next to every held-out loss, better after training
+    assert [("eval_accuracy" in r) for r in recs] == [("eval_loss" in r) for r in recs]
+    assert 0 <= recs[0]["eval_accuracy"] < recs[-1]["eval_accuracy"] <= 1
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["seed"] == 3 and cfg["lr"] == 0.01 and cfg["task"] == "digits_mlp"
     assert cfg["environment"]["versions"]["jax"]
     assert cfg["result"]["status"] == "ok" and cfg["result"]["steps_done"] == 60
+    assert cfg["result"]["final_eval_accuracy"] == recs[-1]["eval_accuracy"]
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "final loss" in capsys.readouterr().out
 
@@ -165,3 +169,12 @@ def test_every_hand_designed_optimizer_has_a_default_lr():
     from lopt.optimizers import HAND_DESIGNED
 
     assert set(OPTAX_DEFAULT_LR) == set(HAND_DESIGNED)
+
+
+def test_missing_weights_file_is_file_not_found(tmp_path, capsys):
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(SystemExit) as exc:
+        train(tmp_path / "run", "--task", "quadratic", "--optimizer", str(missing), "--steps", "5")
+    assert exc.value.code == 2
+    assert f"file not found: {missing}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -30,11 +30,29 @@ class UsageError(Exception):
     """Bad user input: printed as ``lopt: error: ...`` with exit code 2, no traceback."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default after its help text (unless the text already says it, or
+    there is no default to show: ``None``, a switch that is off)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        nothing = default is None or default is False or default is argparse.SUPPRESS
+        if action.option_strings and not nothing and default != [] and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class RawHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """:class:`HelpFormatter` that keeps the description's own line breaks."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lopt import __version__
 
     parser = argparse.ArgumentParser(
         prog="lopt",
+        formatter_class=HelpFormatter,
         description="Learned optimizers that are stable by design (STAR).",
     )
     parser.add_argument("--version", action="version", version=f"lopt {__version__}")
@@ -65,19 +83,25 @@ def enable_compilation_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    if argv is None:  # a real command line, not an in-process call from tests
-        enable_compilation_cache()
+    from lopt.utils.rundir import RunDirError
+
+    args = None
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        if argv is None:  # a real command line, not an in-process call from tests
+            enable_compilation_cache()
         return int(args.func(args) or 0)
-    except UsageError as err:
+    except (UsageError, RunDirError) as err:
         parser.exit(2, f"lopt: error: {err}\n")
     except KeyboardInterrupt:
-        print("lopt: interrupted", file=sys.stderr)
+        # a Ctrl-C that no command turned into a clean stop (during start-up, or a second one)
+        out = getattr(args, "out", None)
+        where = f"; {out} may hold an incomplete run" if out and Path(out).is_dir() else ""
+        print(f"lopt: aborted by Ctrl-C{where}", file=sys.stderr)
         return 130
 
 

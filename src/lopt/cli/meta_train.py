@@ -7,73 +7,114 @@ is validated before any JAX work starts, so a run that cannot work fails in a se
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
-#: flag name -> config field, for every knob exposed as a flag
-FLAGS = {
-    "optimizer": "optimizer",
-    "tasks": "tasks",
-    "estimator": "estimator",
-    "meta_loss": "meta_loss",
-    "sigma": "sigma",
-    "truncation": "truncation",
-    "horizon_min": "horizon_min",
-    "horizon_max": "horizon_max",
-    "slots": "num_slots",
-    "lr": "outer_lr",
-    "lr_schedule": "lr_schedule",
-    "warmup_steps": "warmup_steps",
-    "decay_steps": "decay_steps",
-    "clip": "clip_norm",
-    "outer_steps": "outer_steps",
-    "eval_every": "eval_every",
-    "eval_tasks": "eval_tasks",
-    "eval_horizon": "eval_horizon",
-    "checkpoint_every": "checkpoint_every",
-    "seed": "seed",
-}
+#: checkpoint file names, kept here so that ``lopt --help`` does not import JAX (the trainer
+#: module defines the same names; a test checks they agree)
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.pkl"
+#: the meta-training figure: meta-loss and held-out evaluation against outer step
+FIGURE = "meta_training.png"
+
+#: Every config field exposed as a flag: ``(field, old spellings kept as aliases, argparse
+#: keywords, help)``. The flag is the field's name with dashes (``num_slots`` ->
+#: ``--num-slots``), so a TOML key and its flag are the same words. Flags default to ``None``
+#: ("not given": the config file or the built-in default applies); help shows the built-in one.
+FLAGS: tuple[tuple[str, tuple[str, ...], dict, str], ...] = (
+    ("optimizer", (), {"choices": ("star", "blackbox")}, "learned optimizer to meta-train"),
+    ("tasks", (), {}, "task or task family to meta-train on (names: see lopt tasks)"),
+    ("outer_steps", (), {"type": int},
+     "total outer (meta-gradient) steps; a resumed run continues up to this number"),
+    ("estimator", (), {"choices": ("pes", "es", "tbptt")},
+     "meta-gradient estimator: pes = persistent evolution strategies (unbiased over whole "
+     "inner runs), es = antithetic evolution strategies over one truncation, tbptt = truncated "
+     "backpropagation through time"),
+    ("meta_loss", (), {"choices": ("normalized", "log")},
+     "per-step meta-loss: the task's bounded (normalized) loss, or its logarithm (relative "
+     "progress counts)"),
+    ("sigma", (), {"type": float}, "standard deviation of the ES/PES perturbation of theta"),
+    ("truncation", (), {"type": int}, "inner steps per truncation (one outer step)"),
+    ("horizon_min", (), {"type": int}, "shortest inner run, in inner steps"),
+    ("horizon_max", (), {"type": int},
+     "longest inner run (lengths are drawn log-uniformly in [min, max])"),
+    ("num_slots", ("--slots",), {"type": int},
+     "inner runs (task slots) advanced in parallel each outer step"),
+    ("antithetic", (), {"action": "BooleanOptionalAction"},
+     "ES/PES: evaluate +eps and -eps on the same data"),
+    ("random_offsets", (), {"action": "BooleanOptionalAction"},
+     "start each slot at a random point of its first run so slots are out of phase"),
+    ("outer_lr", ("--lr",), {"type": float}, "learning rate of the outer Adam on theta"),
+    ("lr_schedule", (), {"choices": ("constant", "cosine")}, "outer learning-rate schedule"),
+    ("warmup_steps", (), {"type": int}, "linear warm-up of the outer learning rate, in steps"),
+    ("decay_steps", (), {"type": int}, "cosine decay length in outer steps"),
+    ("clip_norm", ("--clip",), {"type": float},
+     "clip the meta-gradient to this global norm (0: no clipping)"),
+    ("eval_every", (), {"type": int},
+     "outer steps between held-out evaluations (0: none); the best theta is kept"),
+    ("eval_tasks", (), {"type": int}, "fixed held-out task draws per evaluation"),
+    ("eval_horizon", (), {"type": int}, "inner steps of each evaluation run"),
+    ("checkpoint_every", (), {"type": int}, "outer steps between checkpoints"),
+    ("seed", (), {"type": int}, "the one seed every random number of the run derives from"),
+)
+
+#: Kept for callers of the old name: flag dest -> config field (now always the same word).
+FIELDS = {field: field for field, *_ in FLAGS}
+
+
+def _config_default(field: str):
+    import dataclasses
+
+    from lopt.metatrain.config import MetaTrainConfig
+
+    for f in dataclasses.fields(MetaTrainConfig):
+        if f.name == field and f.default is not dataclasses.MISSING:
+            return f.default
+    return None
 
 
 def add_parser(sub) -> None:
+    import argparse
+
+    from lopt.cli.main import HelpFormatter
+    from lopt.utils.rundir import add_run_dir_flags
+
     p = sub.add_parser(
         "meta-train",
-        help="meta-train a learned optimizer (PES/ES/TBPTT); writes theta.safetensors",
+        help="meta-train a learned optimizer with PES, ES or TBPTT; writes theta.safetensors",
+        formatter_class=HelpFormatter,
         description=(
-            "Meta-train STAR or the blackbox LO on a task family. Writes DIR/config.json, "
-            "DIR/metrics.jsonl, DIR/eval.jsonl, DIR/checkpoint.pkl, DIR/best.safetensors "
-            "(best fixed held-out evaluation) and DIR/theta.safetensors (final). Settings: "
-            "defaults < --config FILE < flags."
+            "Meta-train STAR or the blackbox LO on a task family with persistent evolution "
+            "strategies (PES), antithetic evolution strategies (ES) or truncated "
+            "backpropagation through time (TBPTT). Writes DIR/config.json, DIR/metrics.jsonl, "
+            f"DIR/eval.jsonl, DIR/{FIGURE}, DIR/{CHECKPOINT} (data only), "
+            "DIR/best.safetensors (best fixed held-out evaluation) and DIR/theta.safetensors "
+            "(final). Settings: built-in defaults < --config FILE < flags; every TOML key is "
+            "the flag's name with underscores (num_slots = 4 is --num-slots 4). Ctrl-C stops "
+            "after the current outer step and saves a checkpoint; --resume continues it."
         ),
     )
-    p.add_argument("--optimizer", choices=("star", "blackbox"), help="learned optimizer")
-    p.add_argument("--tasks", help="task registry name (see `lopt tasks`)")
-    p.add_argument("--config", help="TOML config file (flat keys, [optimizer_kwargs] table)")
-    p.add_argument("--outer-steps", type=int, help="total outer steps (resume continues to it)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pkl")
-    p.add_argument("--estimator", choices=("pes", "es", "tbptt"))
-    p.add_argument("--meta-loss", choices=("normalized", "log"),
-                   help="per-step meta-loss: the task's bounded loss, or its logarithm")
-    p.add_argument("--sigma", type=float, help="ES/PES perturbation std")
-    p.add_argument("--truncation", type=int, help="inner steps per truncation")
-    p.add_argument("--horizon-min", type=int, help="shortest inner run")
-    p.add_argument("--horizon-max", type=int, help="longest inner run")
-    p.add_argument("--slots", type=int, help="task slots advanced in parallel")
-    p.add_argument("--lr", type=float, help="outer Adam learning rate")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"))
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--decay-steps", type=int, help="cosine decay length")
-    p.add_argument("--clip", type=float, help="meta-gradient global-norm clip (0: off)")
-    p.add_argument("--eval-every", type=int, help="outer steps between evaluations (0: off)")
-    p.add_argument("--eval-tasks", type=int, help="fixed held-out task draws")
-    p.add_argument("--eval-horizon", type=int, help="inner steps of each evaluation run")
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--out", required=True, help="output directory (new, empty, or see --resume)")
+    p.add_argument("--config", help="TOML config file: flat keys named like the flags, plus an "
+                   "[optimizer_kwargs] table")
+    for field, aliases, kwargs, text in FLAGS:
+        kwargs = dict(kwargs)
+        if kwargs.get("action") == "BooleanOptionalAction":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        default = _config_default(field)
+        if field in ("optimizer", "tasks"):
+            text += " (required unless the --config file sets it)"
+        elif default is not None:
+            text += f" (default: {default})"
+        flags = ["--" + field.replace("_", "-"), *aliases]
+        p.add_argument(*flags, dest=field, default=None, help=text, **kwargs)
     p.add_argument(
         "--opt",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="optimizer switch, e.g. --opt step_multiplier=1e-4 (value parsed as JSON)",
+        help="optimizer switch, e.g. --opt step_multiplier=1e-4 (value parsed as JSON); "
+        "repeatable (default: none)",
     )
     p.add_argument(
         "--cpu-devices",
@@ -84,6 +125,7 @@ def add_parser(sub) -> None:
         "measured +45%% inner steps/s for STAR with 2 on a 2-core machine. Needs JAX not yet "
         "started in this process (always true for a command-line run)",
     )
+    add_run_dir_flags(p, resumable=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -133,7 +175,7 @@ def build_config(args):
     from lopt.cli.main import UsageError
     from lopt.metatrain.config import MetaTrainConfig, merge
 
-    overrides = {field: getattr(args, flag) for flag, field in FLAGS.items()}
+    overrides = {field: getattr(args, field) for field in FIELDS}
     switches = parse_switches(args.opt)
     if switches:
         overrides["optimizer_kwargs"] = switches
@@ -155,34 +197,110 @@ def run(args) -> int:
         raise UsageError(f"--cpu-devices must be >= 0, got {args.cpu_devices}")
     if args.config is None and (args.optimizer is None or args.tasks is None):
         raise UsageError("give --optimizer {star,blackbox} and --tasks NAME, or a --config FILE")
+    if args.resume and (Path(args.out) / LEGACY_CHECKPOINT).is_file() and not (
+        Path(args.out) / CHECKPOINT
+    ).is_file():
+        raise UsageError(
+            f"{args.out} holds a pickle checkpoint ({LEGACY_CHECKPOINT}) of an earlier lopt, "
+            "which is no longer loaded because unpickling can run code; start a new run with "
+            "--overwrite"
+        )
+    from lopt.utils.interrupt import graceful_interrupt
+
+    # from here on the first Ctrl-C only asks the run to stop at its next safe point (the
+    # trainer checks the same flag)
+    with graceful_interrupt(
+        "lopt meta-train: stopping after the current outer step (Ctrl-C again to abort)"
+    ):
+        return _meta_train(args, config)
+
+
+def _meta_train(args, config) -> int:
+    from lopt.cli.main import UsageError
+    from lopt.utils.rundir import check_run_dir, prepare_run_dir
+
+    where = dict(command="meta-train", resume=args.resume, overwrite=args.overwrite,
+                 resumable=CHECKPOINT)
+    check_run_dir(args.out, **where)  # before anything slow
     if args.cpu_devices != 1 and not use_cpu_devices(args.cpu_devices):
         print("lopt: --cpu-devices ignored: JAX already started or XLA_FLAGS sets a count")
     from lopt.metatrain.checkpoint import CheckpointError
     from lopt.metatrain.trainer import MetaTrainer
+    from lopt.plotting import meta_training_curves
 
     try:
         trainer = MetaTrainer(config, args.out)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    out = prepare_run_dir(args.out, **where)
+    title = f"meta-training {config.optimizer} on {config.tasks} ({config.estimator})"
+
+    def write_figure() -> None:
+        meta_training_curves(
+            read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "eval.jsonl"), title,
+            out / FIGURE,
+        )
+
+    def on_step(step: int, record: dict) -> None:
+        if step % config.checkpoint_every == 0:  # redrawn with each checkpoint
+            write_figure()
+
+    print(
+        f"lopt meta-train: compiling the {config.estimator} outer step of {config.optimizer} on "
+        f"{config.tasks} (can take a minute; Ctrl-C stops cleanly) ...",
+        file=sys.stderr, flush=True,
+    )
     try:
-        result = trainer.run(resume=args.resume, progress=not args.no_progress)
+        result = trainer.run(resume=args.resume, progress=not args.no_progress,
+                             callback=on_step)
     except (FileExistsError, CheckpointError) as err:
         raise UsageError(str(err)) from None
     except KeyboardInterrupt:
-        print(f"interrupted; checkpoint saved in {args.out} (continue with --resume)")
-        raise
+        write_figure()
+        done = read_jsonl(out / "metrics.jsonl")
+        reached = done[-1]["outer_step"] if done else trainer.checkpoint_step or 0
+        files = ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith(".")))
+        if trainer.checkpoint_step is not None:
+            print(
+                f"lopt meta-train: interrupted at outer step {reached} of {config.outer_steps}; "
+                f"the checkpoint holds outer step {trainer.checkpoint_step} (continue with "
+                f"--resume); {out} holds {files}",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"lopt meta-train: interrupted before a checkpoint was written, nothing to "
+                f"resume; {out} holds {files or 'nothing'} (start again with --overwrite)",
+                file=sys.stderr,
+            )
+        return 130
+    write_figure()
     best = result["best"]
     last = result["last"]
     print(
         json.dumps(
             {
-                "out": str(args.out),
+                "out": str(out),
                 "outer_step": result["outer_step"],
                 "meta_loss": last.get("meta_loss"),
                 "best_eval_loss": best.get("eval_loss"),
                 "best_outer_step": best.get("outer_step"),
-                "theta": f"{args.out}/theta.safetensors",
+                "theta": f"{out}/theta.safetensors",
+                "figure": f"{out}/{FIGURE}",
             }
         )
     )
     return 0
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (missing file: none; a line cut short: skipped)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

@@ -6,7 +6,13 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("tasks", help="list registered tasks (names for lopt train --task)")
+    from lopt.cli.main import HelpFormatter
+
+    p = sub.add_parser(
+        "tasks",
+        help="list registered tasks (names for lopt train --task)",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list of {name, kind, ...}")
     p.set_defaults(func=run)
 

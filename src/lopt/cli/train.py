@@ -3,8 +3,9 @@
 Writes ``OUT/config.json`` (arguments, seed, resolved task, optimizer and the weights it used,
 versions; a ``result`` block is added when the run ends), ``OUT/metrics.jsonl`` (one JSON object
 per logged step: ``step`` = updates done, ``loss`` = mean training minibatch loss over the steps
-since the previous record, ``last_loss``, and ``eval_loss`` where the task has a held-out split,
-every ``--eval-every`` steps) and ``OUT/loss.png``.
+since the previous record, ``last_loss``, and ``eval_loss`` -- plus ``eval_accuracy`` for
+classification tasks -- where the task has a held-out split, every ``--eval-every`` steps) and
+``OUT/loss.png``. ``--out`` follows :mod:`lopt.utils.rundir` (new or empty, or ``--overwrite``).
 
 The loop is :func:`lopt.training.train_curves` (the same one ``lopt evaluate`` runs). A
 non-finite training loss stops the run, reports the step, keeps what was written, and exits with
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
 from lopt.training.optimizers import DEFAULT_LR, LEARNED
 
@@ -27,14 +27,21 @@ OPTIMIZER_CHOICES = (*DEFAULT_LR, *LEARNED)
 
 
 def add_parser(sub) -> None:
+    from lopt.cli.main import HelpFormatter
+    from lopt.utils.rundir import add_run_dir_flags
+
     p = sub.add_parser(
         "train",
         help="train a task with an optimizer; writes metrics.jsonl, config.json, loss.png",
+        formatter_class=HelpFormatter,
         description="Train one task with one optimizer. Writes OUT/metrics.jsonl (step, loss: "
-        "mean training loss since the previous record, last_loss, eval_loss), OUT/config.json "
-        "and OUT/loss.png. A non-finite loss stops the run with exit status 1.",
+        "mean training loss since the previous record, last_loss, eval_loss and, for "
+        "classification tasks, eval_accuracy on the held-out split), OUT/config.json (settings, "
+        "weights used, result) and OUT/loss.png. A non-finite loss stops the run with exit "
+        "status 1; Ctrl-C stops after the current chunk of steps, keeps what was done and exits "
+        "with status 130.",
     )
-    p.add_argument("--task", required=True, help="registered task name (see `lopt tasks`)")
+    p.add_argument("--task", required=True, help="registered task name (names: see lopt tasks)")
     p.add_argument(
         "--optimizer",
         required=True,
@@ -50,7 +57,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--steps", type=int, required=True, help="number of training steps")
     p.add_argument("--seed", type=int, default=0, help="seed for task sampling, init and data")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output directory (new or empty)")
     p.add_argument("--log-every", type=int, default=10, help="steps per metrics record")
     p.add_argument(
         "--eval-every",
@@ -59,6 +66,7 @@ def add_parser(sub) -> None:
         help="steps between held-out evaluations (rounded up to a multiple of --log-every; "
         "default: about 20 evaluations per run)",
     )
+    add_run_dir_flags(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -100,6 +108,11 @@ class _Recorder:
         self.done = 0  # steps whose losses were consumed
         self.bad_step: int | None = None
         self.eval0: float | None = None
+        self.accuracy: tuple[int, float | None] | None = None  # (step, held-out accuracy)
+
+    def on_eval(self, done: int, row: dict) -> None:
+        if "eval_accuracy" in row:
+            self.accuracy = (done, _finite(row["eval_accuracy"][0, 0]))
 
     def on_chunk(self, done: int, losses, evals) -> None:
         losses = losses[0, 0]
@@ -112,6 +125,7 @@ class _Recorder:
             zero = {"step": 0, "loss": _finite(losses[0])}
             if evals is not None or self.eval0 is not None:
                 zero["eval_loss"] = self.eval0
+                self._accuracy(zero, 0)
             new.append(zero)
         for value in losses:
             value = float(value)
@@ -127,10 +141,15 @@ class _Recorder:
                 new.append(self._record())
         if evals is not None and new and new[-1]["step"] == done and self.bad_step is None:
             new[-1]["eval_loss"] = ev
+            self._accuracy(new[-1], done)
         for rec in new:
             self.fh.write(json.dumps(rec) + "\n")
         self.fh.flush()
         self.records += new
+
+    def _accuracy(self, rec: dict, step: int) -> None:
+        if self.accuracy is not None and self.accuracy[0] == step:
+            rec["eval_accuracy"] = self.accuracy[1]
 
     def _record(self) -> dict:
         rec = {
@@ -143,21 +162,32 @@ class _Recorder:
 
 
 def run(args) -> int:
-    _validate(args)
-    spec = _resolve_optimizer(args)
+    from lopt.utils.rundir import check_run_dir
 
+    _validate(args)
+    check_run_dir(args.out, command="train", overwrite=args.overwrite)  # before loading weights
+    spec = _resolve_optimizer(args)
+    from lopt.utils.interrupt import graceful_interrupt
+
+    # from here on the first Ctrl-C only asks the run to stop at its next safe point
+    with graceful_interrupt(
+        "lopt train: stopping after the current chunk (Ctrl-C again to abort)"
+    ) as stop:
+        return _train(args, spec, stop)
+
+
+def _train(args, spec, stop) -> int:
     from tqdm import tqdm
 
     import lopt
     from lopt.plotting import training_curve
     from lopt.tasks import get, sample_task
     from lopt.training.loop import choose_chunk, seed_keys, stack_variants, train_curves
-    from lopt.utils.interrupt import graceful_interrupt
     from lopt.utils.io import atomic_write_json
     from lopt.utils.provenance import environment_info
+    from lopt.utils.rundir import prepare_run_dir
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_dir(args.out, command="train", overwrite=args.overwrite)
     task = sample_task(get(args.task), seed_keys(args.seed)[0])
     log_every = args.log_every
     eval_every = args.eval_every or max(1, math.ceil(args.steps / 20))
@@ -195,28 +225,27 @@ def run(args) -> int:
             print(f"lopt train: compiling {task.name} with {spec.label} ...", file=sys.stderr,
                   flush=True)
 
-        with graceful_interrupt(
-            "lopt train: stopping after the current chunk (Ctrl-C again to abort)"
-        ) as stop:
-            curves = train_curves(
-                task,
-                spec.make_tx,
-                stack_variants([spec.theta]),
-                [args.seed],
-                args.steps,
-                eval_every=eval_every if has_eval else None,
-                chunk=choose_chunk(args.steps, eval_every),
-                stop_on_nonfinite="any",
-                should_stop=stop.is_set,
-                on_chunk=on_chunk,
-                on_compile=on_compile,
-            )
+        curves = train_curves(
+            task,
+            spec.make_tx,
+            stack_variants([spec.theta]),
+            [args.seed],
+            args.steps,
+            eval_every=eval_every if has_eval else None,
+            chunk=choose_chunk(args.steps, eval_every),
+            stop_on_nonfinite="any",
+            should_stop=stop.is_set,
+            on_chunk=on_chunk,
+            on_compile=on_compile,
+            on_eval=rec.on_eval,
+        )
         bar.close()
     records = rec.records
 
     status = curves.stopped or "ok"
     good = [r for r in records if r.get("loss") is not None]
     last_eval = [r for r in records if r.get("eval_loss") is not None]
+    last_acc = [r for r in records if r.get("eval_accuracy") is not None]
     steps_done = rec.bad_step if rec.bad_step is not None else curves.steps_done
     config["result"] = {
         "status": status,
@@ -224,6 +253,7 @@ def run(args) -> int:
         "non_finite_step": rec.bad_step,
         "final_loss": good[-1]["loss"] if good else None,
         "final_eval_loss": last_eval[-1]["eval_loss"] if last_eval else None,
+        "final_eval_accuracy": last_acc[-1]["eval_accuracy"] if last_acc else None,
         "wall_s": round(curves.wall_s, 3),
         "compile_s": round(curves.compile_s, 3),
     }
@@ -247,6 +277,8 @@ def run(args) -> int:
     msg = f"final loss {res['final_loss']:.4g}"
     if res["final_eval_loss"] is not None:
         msg += f", held-out loss {res['final_eval_loss']:.4g}"
+    if res["final_eval_accuracy"] is not None:
+        msg += f", held-out accuracy {res['final_eval_accuracy']:.3f}"
     print(f"lopt train: {args.steps} steps in {curves.wall_s:.1f}s; {msg}; wrote {out}")
     return 0
 
