@@ -3,7 +3,8 @@
 Each command is one row of :data:`COMMANDS`. For every row:
 
 * ``--out`` naming a file, or a non-empty directory, is refused with exit status 2 and one line
-  (no traceback), before any work, and leaves what was there untouched;
+  (no traceback), before any work, and leaves what was there untouched (``evaluate`` and
+  ``reproduce``, which continue a run of their own when re-run, included);
 * a real SIGINT sent to a ``lopt`` subprocess at start-up (right after it says "compiling")
   and mid-run (once progress shows) ends it with status 130, a final one-line message that
   tells the truth, and a directory whose contents match that message (a result marked
@@ -98,6 +99,29 @@ def test_non_empty_out_is_refused_and_never_emptied_unless_lopt_wrote_it(tmp_pat
     # --overwrite does not delete a directory that lopt did not write
     line = _refused(capsys, [*COMMANDS[name][1], "--out", str(out), "--overwrite"])
     assert "was not written by lopt" in line
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+#: commands that continue a run when re-run on the same --out (no --overwrite/--resume flags)
+CONTINUING = {
+    "evaluate": ["evaluate", "--optimizer", "adam", "--suite", "quick", "--no-progress"],
+    "reproduce": ["reproduce", "--quick", "--no-progress"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTINUING))
+def test_continuing_commands_refuse_a_file_or_a_directory_of_something_else(tmp_path, capsys,
+                                                                            name):
+    path = tmp_path / "results.txt"
+    path.write_text("mine")
+    line = _refused(capsys, [*CONTINUING[name], "--out", str(path)])
+    assert re.search(r"is a file, not a (directory|folder)", line)
+    assert path.read_text() == "mine"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    line = _refused(capsys, [*CONTINUING[name], "--out", str(out)])
+    assert "non-empty" in line or "not empty" in line
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
