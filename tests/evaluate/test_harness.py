@@ -126,7 +126,7 @@ def test_cli_writes_report_results_and_figures(tmp_path, capsys):
     [
         (["--optimizer", "star", "--suite", "nope"], ["in-distribution", "ood", "long-horizon"]),
         (["--optimizer", "star", "--tasks", "digits_mlp,nope"], ["digits_mlp", "nqm"]),
-        (["--optimizer", "missing.safetensors"], ["star", "blackbox", "adam", "no file"]),
+        (["--optimizer", "missing.safetensors"], ["star", "blackbox", "adam", "file not found"]),
         (["--optimizer", "star", "--seeds", "0"], ["seeds"]),
     ],
 )
