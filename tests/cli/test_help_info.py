@@ -103,13 +103,18 @@ def test_info_reports_weights_path_sha256_and_model_card(tmp_path, capsys, monke
     monkeypatch.setattr(pretrained, "shipped_weights",
                         lambda kind: path if kind == "star" else None)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "star.json").write_text(json.dumps({"sha256": sha}))
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert f"star: weights {path}" in out and sha in out
+    assert f"star: weights {path}" in out and f"sha256 {sha} (matches the model card)" in out
     assert "meta-trained 300 outer steps" in out
     assert "blackbox: meta-initialization: no weights shipped" in out
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["optimizers"]["star"]["weights"] == {"path": str(path), "sha256": sha}
     assert info["optimizers"]["star"]["model_card"]["path"] == str(tmp_path / "star.md")
+    assert info["optimizers"]["star"]["verified"] is True
     assert info["optimizers"]["blackbox"]["weights"] is None
+    (tmp_path / "star.json").write_text(json.dumps({"sha256": "0" * 64}))  # a tampered copy
+    assert main(["info"]) == 0
+    assert "DOES NOT match the model card" in capsys.readouterr().out

@@ -9,8 +9,7 @@ meta-initialization.
 from __future__ import annotations
 
 import json
-
-KINDS = ("star", "blackbox")
+from pathlib import Path
 
 
 def add_parser(sub) -> None:
@@ -28,27 +27,37 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def model_card(weights) -> dict | None:
-    """``{"path", "text"}`` of the model card next to ``weights`` (``<kind>.md``, else
-    ``<kind>.json``), or None."""
-    for suffix in (".md", ".json"):
-        card = weights.with_suffix(suffix)
-        if card.is_file():
-            return {"path": str(card), "text": card.read_text()}
-    return None
+def model_card(weights: Path) -> dict | None:
+    """The model card next to ``weights``: ``{"path", "text", "sha256"}`` with the card for
+    people (``<kind>.md``) if there is one, else the one for programs (``<kind>.json``), and the
+    sha256 the JSON card records (None without one)."""
+    md, js = weights.with_suffix(".md"), weights.with_suffix(".json")
+    card = md if md.is_file() else js if js.is_file() else None
+    if card is None:
+        return None
+    try:
+        recorded = json.loads(js.read_text()).get("sha256") if js.is_file() else None
+    except (ValueError, AttributeError):
+        recorded = None
+    return {"path": str(card), "text": card.read_text(), "sha256": recorded}
 
 
 def shipped_optimizers() -> dict:
-    """Per learned optimizer: ``{"weights": {"path", "sha256"} | None, "model_card": ...}``."""
-    from lopt.optimizers.pretrained import shipped_weights
+    """Per learned optimizer: ``{"weights": {"path", "sha256"} | None, "model_card": ...,
+    "verified": sha256 matches the card (None: no card to check against)}``."""
+    from lopt.optimizers.pretrained import KINDS, shipped_weights
     from lopt.training.optimizers import weights_record
 
     out = {}
     for kind in KINDS:
         path = shipped_weights(kind)
+        weights = weights_record(path) if path is not None else None
+        card = model_card(path) if path is not None else None
+        recorded = card and card["sha256"]
         out[kind] = {
-            "weights": weights_record(path) if path is not None else None,
-            "model_card": model_card(path) if path is not None else None,
+            "weights": weights,
+            "model_card": card,
+            "verified": None if not recorded else recorded == weights["sha256"],
         }
     return out
 
@@ -69,13 +78,16 @@ def run(args) -> int:
         if weights is None:
             print(f"{kind}: meta-initialization: no weights shipped")
             continue
+        pad = " " * len(kind)
+        check = {True: "matches the model card", False: "DOES NOT match the model card",
+                 None: "no checksum in a model card to compare with"}[entry["verified"]]
         print(f"{kind}: weights {weights['path']}")
-        print(f"{' ' * len(kind)}  sha256 {weights['sha256']}")
+        print(f"{pad}  sha256 {weights['sha256']} ({check})")
         card = entry["model_card"]
         if card is None:
-            print(f"{' ' * len(kind)}  model card: none")
+            print(f"{pad}  model card: none")
         else:
-            print(f"{' ' * len(kind)}  model card {card['path']}:")
+            print(f"{pad}  model card {card['path']}:")
             for line in card["text"].rstrip().splitlines():
-                print(f"{' ' * len(kind)}    {line}")
+                print(f"{pad}    {line}")
     return 0
