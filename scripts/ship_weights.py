@@ -89,6 +89,10 @@ def card(kind: str, run: Path, evaluation: Path, command: str, eval_command: str
     return info, _markdown(info)
 
 
+def _hours(seconds: float | None) -> str:
+    return "not recorded" if seconds is None else f"{seconds / 3600:.2f} h"
+
+
 def _markdown(info: dict) -> str:
     mt, ev = info["meta_training"], info["evaluation"]
     lines = [
@@ -103,8 +107,8 @@ def _markdown(info: dict) -> str:
         f"- Outer steps: {mt['outer_steps']}; theta selected at outer step "
         f"{mt['selected_outer_step']} by the fixed held-out evaluation "
         f"({mt['selected_eval_loss']:.4f}).",
-        f"- Wall time: {mt['wall_s'] if mt['wall_s'] is None else f'{mt['wall_s'] / 3600:.2f} h'}"
-        f" on {mt['cpu']} (2 cores, shared with other work).",
+        f"- Wall time: {_hours(mt['wall_s'])} on {mt['cpu']} (2 cores, shared with other "
+        "work).",
         f"- Optimizer config: `{json.dumps(info['optimizer']['config'], sort_keys=True)}`",
         "",
         "## Evaluation against learning-rate-tuned Adam",

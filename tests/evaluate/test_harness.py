@@ -151,5 +151,5 @@ def test_out_is_a_file_or_a_foreign_folder(tmp_path, capsys):
     (d / "mine.txt").write_text("keep")
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--optimizer", "sgd", "--tasks", "quadratic", "--out", str(d)])
-    assert exc.value.code == 2 and "non-empty" in capsys.readouterr().err
+    assert exc.value.code == 2 and "not empty" in capsys.readouterr().err
     assert (d / "mine.txt").read_text() == "keep"

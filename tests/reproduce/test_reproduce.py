@@ -82,4 +82,4 @@ def test_cli_refuses_a_file_and_a_foreign_folder(tmp_path, capsys):
     (tmp_path / "d" / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit) as exc:
         main(["reproduce", "--quick", "--out", str(tmp_path / "d")])
-    assert exc.value.code == 2 and "non-empty" in capsys.readouterr().err
+    assert exc.value.code == 2 and "not empty" in capsys.readouterr().err

@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+CONFIG = "config.json"
+
 
 def _suite_help() -> str:
     from lopt.evaluate.suites import SUITE_DESCRIPTIONS, SUITES
@@ -21,7 +23,8 @@ def _suite_help() -> str:
 
 
 def add_parser(sub) -> None:
-    import argparse
+    from lopt.cli.main import HelpFormatter
+    from lopt.utils.rundir import add_run_dir_flags
 
     p = sub.add_parser(
         "evaluate",
@@ -32,7 +35,7 @@ def add_parser(sub) -> None:
             "speedup: the steps the best Adam needs to reach the optimizer's final training "
             "loss, divided by the optimizer's steps. Suites: " + _suite_help() + "."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--optimizer",
@@ -56,7 +59,9 @@ def add_parser(sub) -> None:
                    help="the baseline runs cap x the steps; larger speedups are '>= cap'")
     p.add_argument("--baseline", default="adam",
                    help="hand-designed optimizer tuned over the grid (adam, momentum, ...)")
-    p.add_argument("--out", required=True, help="output folder (re-use it to continue)")
+    p.add_argument("--out", required=True,
+                   help="output folder; an evaluation already there is continued")
+    add_run_dir_flags(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -105,14 +110,16 @@ def run(args) -> int:
         settings = EvalSettings(seeds=args.seeds, cap=args.cap, baseline=args.baseline)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "cells").is_dir():
-        raise UsageError(
-            f"--out {out} is a non-empty folder that holds no evaluation; choose another"
-        )
+    from lopt.utils.rundir import check_run_dir, prepare_continuable_run_dir
+
+    if not (Path(args.out) / CONFIG).is_file():
+        check_run_dir(args.out, command="evaluate", overwrite=args.overwrite)  # before loading
     specs = resolve_optimizers(args.optimizer)
+    out, continued = prepare_continuable_run_dir(args.out, command="evaluate",
+                                                 overwrite=args.overwrite, resumable=CONFIG)
+    if continued:
+        print(f"lopt evaluate: continuing the evaluation in {out} (finished cells are kept; "
+              "--overwrite starts afresh)", file=sys.stderr)
 
     from lopt.evaluate import report
     from lopt.evaluate.harness import Interrupted, evaluate
@@ -121,7 +128,7 @@ def run(args) -> int:
     from lopt.utils.provenance import environment_info
 
     command = "lopt " + " ".join(sys.argv[1:]) if sys.argv and "lopt" in sys.argv[0] else None
-    atomic_write_json(out / "config.json", {
+    atomic_write_json(out / CONFIG, {
         "command": "evaluate",
         "args": {k: v for k, v in vars(args).items() if k != "func"},
         "settings": settings.__dict__,

@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+BUDGET_FILE = "budget.txt"
+
 
 def add_parser(sub) -> None:
-    import argparse
+    from lopt.cli.main import HelpFormatter
+    from lopt.utils.rundir import add_run_dir_flags
 
     p = sub.add_parser(
         "reproduce",
@@ -21,14 +24,16 @@ def add_parser(sub) -> None:
             "OUT/results.json and figures. Finished experiments, meta-training runs and "
             "evaluation cells are kept: re-run the same command to continue."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--quick", action="store_true",
                    help="the small budget (about 15 minutes on 2 CPU cores) instead of the "
                    "full one (a few hours)")
     p.add_argument("--only", default=None, metavar="E1,E2,...",
                    help="run only these experiments (E3 and E4 reuse E2's runs; default: all)")
-    p.add_argument("--out", required=True, help="output folder (re-use it to continue)")
+    p.add_argument("--out", required=True,
+                   help="output folder; a reproduction already there is continued")
+    add_run_dir_flags(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -42,26 +47,24 @@ def run(args) -> int:
         only = parse_only(args.only)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder")
     budget = QUICK if args.quick else FULL
-    marker = out / "budget.txt"
-    if out.is_dir() and any(out.iterdir()):
-        if not marker.exists():
-            raise UsageError(f"--out {out} is a non-empty folder that holds no reproduction; "
-                             "choose another")
-        if marker.read_text().strip() != budget.name:
-            raise UsageError(f"{out} holds a '{marker.read_text().strip()}' reproduction; "
-                             f"this is '{budget.name}': choose another --out")
+    marker = Path(args.out) / BUDGET_FILE
+    if not args.overwrite and marker.is_file() and marker.read_text().strip() != budget.name:
+        raise UsageError(f"{args.out} holds a '{marker.read_text().strip()}' reproduction; this "
+                         f"is '{budget.name}': choose another --out (or --overwrite)")
 
     from lopt.evaluate.harness import Interrupted
     from lopt.reproduce.runner import reproduce
     from lopt.utils.interrupt import graceful_interrupt
     from lopt.utils.io import atomic_write_bytes
+    from lopt.utils.rundir import prepare_continuable_run_dir
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(marker, (budget.name + "\n").encode())
+    out, continued = prepare_continuable_run_dir(args.out, command="reproduce",
+                                                 overwrite=args.overwrite, resumable=BUDGET_FILE)
+    if continued:
+        print(f"lopt reproduce: continuing the reproduction in {out} (finished work is kept; "
+              "--overwrite starts afresh)", file=sys.stderr)
+    atomic_write_bytes(out / BUDGET_FILE, (budget.name + "\n").encode())
     command = "lopt " + " ".join(sys.argv[1:]) if sys.argv and "lopt" in sys.argv[0] else None
 
     def announce(msg: str) -> None:

@@ -179,3 +179,30 @@ def add_run_dir_flags(parser, *, resumable: bool = False) -> None:
         parser.add_argument(
             "--resume", action="store_true", help="continue the run in --out from its checkpoint"
         )
+
+
+def prepare_continuable_run_dir(
+    path: str | os.PathLike,
+    *,
+    command: str,
+    overwrite: bool,
+    resumable: str,
+    flag: str = "--out",
+) -> tuple[Path, bool]:
+    """For commands that continue their own unfinished work without being asked
+    (``lopt evaluate``, ``lopt reproduce``): a directory that this command wrote -- its
+    marker names ``command`` and it holds ``resumable`` -- is continued; anything else follows
+    the contract of :func:`prepare_run_dir` (``--overwrite`` starts afresh).
+
+    Returns ``(path, continued)``.
+    """
+    path = Path(path)
+    if not overwrite and (path / resumable).is_file():
+        try:
+            marker = json.loads((path / MARKER).read_text())
+        except (OSError, ValueError):
+            marker = {}
+        if marker.get("command") == command:
+            return prepare_run_dir(path, command=command, resume=True, resumable=resumable,
+                                   flag=flag), True
+    return prepare_run_dir(path, command=command, overwrite=overwrite, flag=flag), False
