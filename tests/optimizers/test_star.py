@@ -231,6 +231,24 @@ def test_step_size_controller_aggregation(aggregation):
             assert spread > 1.01
 
 
+def test_ratio_preconditioning_by_hand():
+    """After one step v = (1 - 0.999) g^2 (no bias correction). 'divide' scales the learned
+    step by 1/sqrt(v + 1e-6), 'ratio' by sqrt(v / (v + 1e-6)): for |g| = 1e-4 (v = 1e-11) the
+    first is ~1000, the second ~3.2e-3 -- checked against the unpreconditioned step."""
+    params = {"w": jnp.zeros((3,))}
+    g = {"w": jnp.array([1e-4, 1.0, -30.0])}
+    kw = dict(nominal="none", weight_decay=0.0, output_init_scale=1.0, step_multiplier=1e-3)
+    plain = STAR(**kw, precondition=False)
+    theta = plain.init(jax.random.PRNGKey(5))
+    s0 = plain.init_state(theta, params)
+    raw, _ = plain.deltas(theta, s0, g, params)
+    v = 1e-3 * np.asarray(g["w"], np.float64) ** 2
+    for mode, factor in (("divide", 1 / np.sqrt(v + 1e-6)), ("ratio", np.sqrt(v / (v + 1e-6)))):
+        opt = STAR(**kw, precondition=True, precondition_mode=mode)
+        d, _ = opt.deltas(theta, opt.init_state(theta, params), g, params)
+        np.testing.assert_allclose(d["w"], np.asarray(raw["w"]) * factor, rtol=1e-4)
+
+
 def test_step_size_controller_bound_is_checked_against_weight_decay():
     with pytest.raises(ValueError, match="weight decay factor"):
         STAR(step_size_controller=True, alpha=0.1, weight_decay=0.5)
@@ -250,6 +268,7 @@ def test_num_outputs_follow_controllers():
     [
         (dict(nominal="rmsprop"), "nominal"),
         (dict(decay_mode="exp"), "decay_mode"),
+        (dict(precondition_mode="sqrt"), "precondition_mode"),
         (dict(alpha=-1.0), "alpha"),
         (dict(weight_decay=-0.1), "weight_decay"),
         (dict(weight_decay=1.0, decay_mode="raw"), "zeroed"),

@@ -27,6 +27,7 @@ from lopt.optimizers.learned import AdafactorMLPBase
 
 NOMINALS = ("sgd", "sgdm", "aggmo", "adam", "adam_aggmo", "none")
 DECAY_MODES = ("scaled", "raw")
+PRECONDITION_MODES = ("divide", "ratio")
 AGGREGATIONS = ("coordinate", "tensor")
 
 
@@ -76,6 +77,14 @@ class STAR(AdafactorMLPBase):
         instead of 0.53. At 1% STAR starts as the sound Adam-AggMo optimizer the paper
         intends, and PES meta-training from there reached 0.27 after 300 outer steps vs 0.49
         from the full-size init (same config and seed; ``configs/star_digits.toml``).
+      * ``precondition_mode="divide"`` (the paper's form). The MLP's inputs are RMS-normalized,
+        so its output ``d`` carries no gradient units and ``d / sqrt(v + 1e-6)`` scales like
+        ``1 / |g|``: where gradients become tiny (a task near zero training loss) the learned
+        step grows up to 1000x and, meta-trained, was seen to throw runs that had reached a
+        training loss of 1e-5 back to 1e-2. ``ratio`` puts the learned step in the units of the
+        nominal Adam step instead: ``sqrt(v / (v + 1e-6))`` is ~1 while ``|g| >> 1e-3`` and
+        vanishes with the gradient like the nominal term does; use it with ``step_multiplier``
+        of the nominal step's order (1e-3).
       * controllers off: whether they help is decided by the ablation (spec section 3).
       * ``step_size_controller`` (off by default, on in the shipped recipe): a learned step
         size ``k`` multiplying the whole update (nominal and learned terms, and the scaled
@@ -91,7 +100,9 @@ class STAR(AdafactorMLPBase):
     Attributes:
         nominal: one of ``sgd, sgdm, aggmo, adam, adam_aggmo, none``.
         alpha: nominal step size.
-        precondition: divide the blackbox step by ``sqrt(v + 1e-6)``.
+        precondition: precondition the blackbox step with the second moment ``v``;
+            ``precondition_mode`` says how: ``divide`` (the paper's ``/ sqrt(v + 1e-6)``) or
+            ``ratio`` (``* sqrt(v / (v + 1e-6))``, see below).
         weight_decay: ``w``; ``decay_mode`` says how it becomes the per-step factor.
         nominal_controller: extra output ``n`` scaling the nominal step by
             ``exp(nominal_controller_multiplier * n)``.
@@ -110,6 +121,7 @@ class STAR(AdafactorMLPBase):
     nominal: str = "adam_aggmo"
     alpha: float = 1e-3
     precondition: bool = True
+    precondition_mode: str = "divide"
     weight_decay: float = 0.1
     decay_mode: str = "scaled"
     nominal_controller: bool = False
@@ -127,6 +139,7 @@ class STAR(AdafactorMLPBase):
         super().__post_init__()
         _choice("nominal", self.nominal, NOMINALS)
         _choice("decay_mode", self.decay_mode, DECAY_MODES)
+        _choice("precondition_mode", self.precondition_mode, PRECONDITION_MODES)
         _choice("nominal_controller_aggregation", self.nominal_controller_aggregation, AGGREGATIONS)
         _choice(
             "regularization_controller_aggregation",
@@ -185,7 +198,10 @@ class STAR(AdafactorMLPBase):
         if self.step_multiplier > 0:
             s_bb = self.blackbox_step(outs)
             if self.precondition:
-                s_bb = s_bb * adam_scale(st.v)
+                scale = adam_scale(st.v)
+                if self.precondition_mode == "ratio":
+                    scale = scale * jnp.sqrt(st.v)
+                s_bb = s_bb * scale
             delta = delta - s_bb
         if self.nominal != "none" and self.alpha > 0:
             step = self.alpha
