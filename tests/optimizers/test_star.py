@@ -243,8 +243,13 @@ def test_ratio_preconditioning_by_hand():
     s0 = plain.init_state(theta, params)
     raw, _ = plain.deltas(theta, s0, g, params)
     v = 1e-3 * np.asarray(g["w"], np.float64) ** 2
-    for mode, factor in (("divide", 1 / np.sqrt(v + 1e-6)), ("ratio", np.sqrt(v / (v + 1e-6)))):
-        opt = STAR(**kw, precondition=True, precondition_mode=mode)
+    cases = (
+        ("divide", 1e-6, 1 / np.sqrt(v + 1e-6)),
+        ("ratio", 1e-6, np.sqrt(v / (v + 1e-6))),
+        ("ratio", 1e-12, np.sqrt(v / (v + 1e-12))),  # ~0.95 at |g| = 1e-4
+    )
+    for mode, eps, factor in cases:
+        opt = STAR(**kw, precondition=True, precondition_mode=mode, precondition_epsilon=eps)
         d, _ = opt.deltas(theta, opt.init_state(theta, params), g, params)
         np.testing.assert_allclose(d["w"], np.asarray(raw["w"]) * factor, rtol=1e-4)
 
