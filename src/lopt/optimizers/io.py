@@ -145,12 +145,23 @@ def load_meta_params(path):
         flat = load_file(os.fspath(path))
     except SafetensorError as err:
         raise MetaParamsError(f"{path}: corrupt safetensors data: {err}") from None
+    return unflatten_meta_params(optimizer, flat, str(path)), optimizer
+
+
+def flatten_meta_params(theta) -> dict[str, np.ndarray]:
+    """``{"mlp/w0": array, ...}``: theta by leaf path, the layout of the safetensors file."""
+    return _flatten(theta)
+
+
+def unflatten_meta_params(optimizer, flat: dict, what: str = "meta-parameters"):
+    """The theta pytree of ``optimizer`` from a ``{path: array}`` dict, checked: every tensor
+    present with the architecture's shape and finite, else :class:`MetaParamsError`."""
     expected = optimizer.init(jax.random.PRNGKey(0))
     exp_flat = _flatten(expected)
-    _check_structure(exp_flat, flat, str(path))
-    leaves = [jnp.asarray(flat[k]) for k in exp_flat]
-    theta = jax.tree.unflatten(jax.tree.structure(expected), leaves)
-    return theta, optimizer
+    flat = {k: np.asarray(v) for k, v in flat.items()}
+    _check_structure(exp_flat, flat, what)
+    leaves = [jnp.asarray(flat[k], jnp.float32) for k in exp_flat]
+    return jax.tree.unflatten(jax.tree.structure(expected), leaves)
 
 
 def _check_structure(expected: dict, got: dict, what: str) -> None:

@@ -1,0 +1,80 @@
+"""How MLP outputs and accumulators become the parameter change, in torch.
+
+Mirrors ``leaf_delta`` of :class:`lopt.optimizers.STAR` and :class:`lopt.optimizers.Blackbox`
+branch by branch, reading the same (JAX) config dataclass, so a switch means the same thing in
+both front-ends. Each switch is handled in exactly one place below; a config key that has no
+branch here must not be listed in :mod:`lopt.torch.switches` (the front-end then refuses it).
+
+The scalar factors are Python floats multiplied into float32 tensors, exactly as in JAX, and
+the terms are accumulated in the same order (``0 - s_bb - s_nom - w_eff p``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lopt.optimizers.blackbox import Blackbox
+from lopt.optimizers.star import STAR
+
+
+def blackbox_step(cfg, outs: torch.Tensor) -> torch.Tensor:
+    """``s_bb = lambda_s * d * exp(lambda_0 * m)`` from the first two outputs (in place)."""
+    magnitude = outs[1].mul_(cfg.magnitude_multiplier).exp_()
+    return outs[0].mul_(cfg.step_multiplier).mul_(magnitude)
+
+
+def nominal_direction(kind: str, g, m, rsqrt_v):
+    """``g_hat`` (see :func:`lopt.optimizers.star.nominal_direction`); new tensor or ``g``."""
+    if kind == "sgd":
+        return g
+    if kind == "sgdm":
+        return m[-1]
+    mean_m = (m[0] + m[1]).add_(m[2]).div_(3.0)
+    if kind == "aggmo":
+        return mean_m
+    if kind == "adam":
+        return m[-1] * rsqrt_v
+    if kind == "adam_aggmo":
+        return mean_m.mul_(rsqrt_v)
+    raise ValueError(f"unknown nominal {kind!r}")
+
+
+def _aggregate(x: torch.Tensor, how: str) -> torch.Tensor:
+    return x.mean() if how == "tensor" else x
+
+
+def star_delta(cfg: STAR, outs, p, g, st, rsqrt_v) -> torch.Tensor:
+    """STAR: ``delta = -s_bb - s_nom - w_eff * p``, each term behind its switch."""
+    delta = torch.zeros_like(p)
+    if cfg.step_multiplier > 0:
+        s_bb = blackbox_step(cfg, outs)
+        if cfg.precondition:
+            s_bb.mul_(rsqrt_v)
+        delta = s_bb.neg_()
+    extra = iter(outs[2:])
+    if cfg.nominal != "none" and cfg.alpha > 0:
+        direction = nominal_direction(cfg.nominal, g, st["m"], rsqrt_v)
+        if cfg.nominal_controller:
+            n = _aggregate(next(extra), cfg.nominal_controller_aggregation)
+            step = torch.exp(cfg.nominal_controller_multiplier * n).mul_(cfg.alpha)
+            delta = delta - step * direction
+        else:
+            delta = delta - cfg.alpha * direction
+    elif cfg.nominal_controller:
+        next(extra)
+    if cfg.weight_decay > 0:
+        w_eff = cfg.effective_weight_decay
+        if cfg.regularization_controller:
+            r = _aggregate(next(extra), cfg.regularization_controller_aggregation)
+            w_eff = torch.exp(cfg.regularization_controller_multiplier * r).mul_(w_eff)
+        delta = delta - w_eff * p
+    return delta
+
+
+def blackbox_delta(cfg: Blackbox, outs, p, g, st, rsqrt_v) -> torch.Tensor:
+    """Blackbox: ``delta = -s_bb``."""
+    del p, g, st, rsqrt_v
+    return blackbox_step(cfg, outs).neg_()
+
+
+LEAF_DELTA = {"star": star_delta, "blackbox": blackbox_delta}
