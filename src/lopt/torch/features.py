@@ -4,7 +4,8 @@ Same recipe, same constants (imported, not repeated), same order of floating-poi
 where it matters; see the JAX module for the why of each feature. Two things differ, both for
 speed in eager torch, neither for the math:
 
-* accumulators are updated in place (one state tensor per accumulator, as torch optimizers do);
+* accumulators are updated in place (one state tensor per accumulator, as torch optimizers do),
+  as ``lerp``s (the same value up to float32 rounding);
 * the full-size feature channels are written into one ``(K, *shape)`` buffer so the first MLP
   layer is one matrix product; channels that keep a reduced shape (Adafactor row/column
   statistics of tensors with 2+ dims) stay small and are added by broadcasting, exactly as the
@@ -28,6 +29,7 @@ from lopt.optimizers.features import (
     TIME_SCALES,
     factored_dims,
 )
+from lopt.torch.workspace import Workspace
 
 # Canonical channel order of the JAX recipe (lopt.optimizers.features.leaf_features):
 # 0 g, 1 p, 2-4 m, 5 v, 6-8 adam, 9 rsqrt_v, 10-12 fac_g, 13-15 row, 16-18 col,
@@ -44,24 +46,27 @@ UNFACTORED_MAIN = tuple(range(NUM_TENSOR_FEATURES))
 
 
 class Decays(NamedTuple):
-    """The meta-learned decays as tensors on one device, each with its ``1 - decay``.
+    """The meta-learned decays on one device, each with its ``1 - decay``.
 
-    ``momentum`` and ``factored`` have shape (3,), ``rms`` shape ().
+    ``momentum`` and ``factored`` are (3,) tensors; ``rms`` is a Python float (a scalar
+    argument of in-place ops). All values are float32, ``1 - decay`` computed in float32 from
+    the float32 decay, as in the JAX code.
     """
 
     momentum: torch.Tensor
     momentum_c: torch.Tensor
-    rms: torch.Tensor
-    rms_c: torch.Tensor
+    rms: float
+    rms_c: float
     factored: torch.Tensor
     factored_c: torch.Tensor
 
 
 def make_decays(momentum, rms, factored, device) -> Decays:
-    """``1 - decay`` is computed in float32 from the float32 decay, as the JAX code does."""
-    t = lambda x: torch.tensor(np.array(x, dtype=np.float32), device=device)
-    m, r, f = t(momentum), t(rms), t(factored)
-    return Decays(m, 1.0 - m, r, 1.0 - r, f, 1.0 - f)
+    f32 = lambda x: np.array(x, dtype=np.float32)
+    t = lambda x: torch.tensor(f32(x), device=device)
+    m, r, f = f32(momentum), f32(rms), f32(factored)
+    one = np.float32(1.0)
+    return Decays(t(m), t(one - m), float(r), float(one - r), t(f), t(one - f))
 
 
 def as_tensor_shape(shape: torch.Size) -> tuple[int, ...]:
@@ -98,32 +103,34 @@ def _stack(x: torch.Tensor, ndim: int) -> torch.Tensor:
     return x.view((3,) + (1,) * ndim)
 
 
-def update_accumulators(st: dict, g: torch.Tensor, decays: Decays) -> None:
-    """In place: ``acc <- decay * acc + (1 - decay) * stat`` with the current gradient."""
+def update_accumulators(st: dict, g: torch.Tensor, decays: Decays, ws: Workspace) -> None:
+    """In place: ``acc <- decay * acc + (1 - decay) * stat`` with the current gradient.
+
+    Written as ``lerp``/``add(alpha=)`` (one pass each over memory); the result equals the JAX
+    expression up to float32 rounding of the same terms.
+    """
     ndim = g.dim()
-    g1 = g.unsqueeze(0)
-    st["m"].mul_(_stack(decays.momentum, ndim)).add_(_stack(decays.momentum_c, ndim) * g1)
-    gg = g * g
-    st["v"].mul_(decays.rms).add_(decays.rms_c * gg)
-    g2 = gg.add_(FACTORED_EPS)  # g^2 + eps, reusing the buffer (v already read it)
+    st["m"].lerp_(g.unsqueeze(0), _stack(decays.momentum_c, ndim))
+    g2 = torch.mul(g, g, out=ws.take(*g.shape))
+    st["v"].mul_(decays.rms).add_(g2, alpha=decays.rms_c)
+    g2.add_(FACTORED_EPS)  # the factored statistics average g^2 + 1e-30
     dims = factored_dims(tuple(g.shape))
     if dims is None:
-        st["row"].mul_(_stack(decays.factored, ndim)).add_(
-            _stack(decays.factored_c, ndim) * g2.unsqueeze(0)
-        )
+        st["row"].lerp_(g2.unsqueeze(0), _stack(decays.factored_c, ndim))
     else:
         d0, d1 = dims
-        bf, bfc = _stack(decays.factored, ndim - 1), _stack(decays.factored_c, ndim - 1)
-        st["row"].mul_(bf).add_(bfc * g2.mean(dim=d1).unsqueeze(0))
-        st["col"].mul_(bf).add_(bfc * g2.mean(dim=d0).unsqueeze(0))
+        bfc = _stack(decays.factored_c, ndim - 1)
+        st["row"].lerp_(g2.mean(dim=d1).unsqueeze(0), bfc)
+        st["col"].lerp_(g2.mean(dim=d0).unsqueeze(0), bfc)
 
 
 class LeafFeatures(NamedTuple):
     """Feature channels of one tensor, not yet normalized.
 
     ``main``: ``(K, *shape)`` buffer of full-size channels whose canonical indices are
-    ``main_index``; ``sides``: ``(indices, stack)`` pairs of reduced-shape channels that
-    broadcast against ``shape`` (``stack`` is ``(k, *broadcast_shape)``); ``rms``: the (28,)
+    ``main_index``; ``sides``: empty, or for factored tensors the ``(indices, stack)`` pairs of
+    the row and the column statistics, reduced-shape channels that broadcast against ``shape``
+    (``stack`` is ``(6, *broadcast_shape)``); ``rms``: the (28,)
     RMS of every channel over the whole tensor; ``rsqrt_v``: ``1/sqrt(v + 1e-6)`` (a view into
     ``main``), which STAR's nominal term and preconditioning reuse.
     """
@@ -136,18 +143,19 @@ class LeafFeatures(NamedTuple):
 
 
 def _mean_square(stack: torch.Tensor) -> torch.Tensor:
-    """``mean(c^2)`` of every channel of a ``(k, ...)`` stack, without a squared copy."""
+    """``mean(c^2)`` of every channel of a ``(k, ...)`` stack: one reduction, no squared copy."""
     flat = stack.reshape(stack.shape[0], -1)
-    return torch.einsum("kn,kn->k", flat, flat) / flat.shape[1]
+    return torch.linalg.vector_norm(flat, dim=1).square_().div_(flat.shape[1])
 
 
-def leaf_features(p: torch.Tensor, g: torch.Tensor, st: dict) -> LeafFeatures:
+def leaf_features(p: torch.Tensor, g: torch.Tensor, st: dict, ws: Workspace) -> LeafFeatures:
     """The 28 features of spec section 3 from the updated accumulators (see the JAX twin)."""
     shape = tuple(g.shape)
     m, v = st["m"], st["v"]
     dims = factored_dims(shape)
     main_index = UNFACTORED_MAIN if dims is None else FACTORED_MAIN
-    main = torch.empty((len(main_index), *shape), dtype=torch.float32, device=g.device)
+    # Buffer rows 0-9 are channels 0-9 in both layouts (g, p, m, v, adam, rsqrt_v).
+    main = ws.take(len(main_index), *shape)
     main[0].copy_(g)
     main[1].copy_(p)
     main[2:5].copy_(m)
@@ -157,12 +165,11 @@ def leaf_features(p: torch.Tensor, g: torch.Tensor, st: dict) -> LeafFeatures:
     sides = []
     if dims is None:
         full = st["row"]  # (3, *shape): the full EMA fills the row, column and factored slots
-        rsqrt_full = (full + FACTORED_EPS).rsqrt_()
-        torch.mul(g.unsqueeze(0), rsqrt_full, out=main[FAC_G:FAC_G + 3])
+        rsqrt_full = torch.add(full, FACTORED_EPS, out=main[RSQRT_ROW:RSQRT_ROW + 3]).rsqrt_()
+        main[RSQRT_COL:RSQRT_COL + 3].copy_(rsqrt_full)
         main[ROW:ROW + 3].copy_(full)
         main[COL:COL + 3].copy_(full)
-        main[RSQRT_ROW:RSQRT_ROW + 3].copy_(rsqrt_full)
-        main[RSQRT_COL:RSQRT_COL + 3].copy_(rsqrt_full)
+        torch.mul(g.unsqueeze(0), rsqrt_full, out=main[FAC_G:FAC_G + 3])
         torch.mul(m, rsqrt_full, out=main[FAC_M:FAC_M + 3])
     else:
         d0, d1 = dims
@@ -174,9 +181,11 @@ def leaf_features(p: torch.Tensor, g: torch.Tensor, st: dict) -> LeafFeatures:
         row_factor = (row / (row_mean + FACTORED_EPS)).rsqrt_().unsqueeze(1 + d1)
         col_factor = (col + FACTORED_EPS).rsqrt_().unsqueeze(1 + d0)
         rsqrt_row = (row_feat + FACTORED_EPS).rsqrt_()
-        # fac_g = g * row_factor * col_factor, multiplied in that order (as in JAX)
-        torch.mul(g.unsqueeze(0), row_factor, out=main[10:13]).mul_(col_factor)
-        torch.mul(m, row_factor, out=main[13:16]).mul_(col_factor)
+        # fac = x * (row_factor * col_factor): the full-size product once, for g and m (JAX
+        # multiplies the factors in one at a time; same value up to float32 rounding).
+        both = torch.mul(row_factor, col_factor, out=ws.take(3, *shape))
+        torch.mul(g.unsqueeze(0), both, out=main[10:13])  # buffer rows 10-12: fac_g
+        torch.mul(m, both, out=main[13:16])  # buffer rows 13-15: fac_m
         sides.append((ROW_SIDE, torch.cat([row_feat, rsqrt_row])))
         sides.append((COL_SIDE, torch.cat([col_feat, col_factor])))
     rms = torch.empty((NUM_TENSOR_FEATURES,), dtype=torch.float32, device=g.device)

@@ -38,6 +38,7 @@ from lopt.torch.meta import (
 from lopt.torch.mlp import mlp_outputs
 from lopt.torch.steps import LEAF_DELTA
 from lopt.torch.switches import GROUP_SWITCHES, check_group_keys, group_defaults
+from lopt.torch.workspace import Workspace
 
 STATE_KEYS = ("step", "m", "v", "row", "col")
 
@@ -71,6 +72,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._theta_jax = theta_j
         self._device_meta: dict = {}
         self._group_configs: dict = {}
+        self._workspace = Workspace()
 
     @property
     def theta(self) -> dict[str, torch.Tensor]:
@@ -116,7 +118,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             cfg = self._config_of(group)
             for p in group["params"]:
-                if p.grad is None:
+                if p.grad is None or p.numel() == 0:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError(
@@ -133,10 +135,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def _admit(self, grads) -> bool:
         """optax.apply_if_finite's rule: count non-finite steps, apply if finite or past the
         limit of consecutive skips."""
+        # min and max propagate NaN and show +-inf: one pass, no boolean copy of each gradient
         by_device: dict = {}
         for g in grads:
-            by_device.setdefault(g.device, []).append(torch.isfinite(g).all())
-        finite = all(bool(torch.stack(flags).all()) for flags in by_device.values())
+            by_device.setdefault(g.device, []).extend(torch.aminmax(g))
+        finite = all(bool(torch.isfinite(torch.stack(v)).all()) for v in by_device.values())
         self.last_finite = finite
         if finite:
             self.notfinite_count = 0
@@ -151,12 +154,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if not st:
             st.update(init_leaf_state(shape, p.device))
         meta = self._meta_on(p.device)
+        ws = self._workspace
+        ws.reset(p.device)
         p32 = p.detach().to(torch.float32).reshape(shape)
         g32 = p.grad.detach().to(torch.float32).reshape(shape)
-        update_accumulators(st, g32, meta.decays)
-        feats = leaf_features(p32, g32, st)
+        update_accumulators(st, g32, meta.decays, ws)
+        feats = leaf_features(p32, g32, st, ws)
         tfeat = time_features(st["step"], meta.scales)
-        outs = mlp_outputs(meta.layers, feats, tfeat, shape)
+        outs = mlp_outputs(meta.layers, feats, tfeat, shape, ws)
         delta = LEAF_DELTA[self.kind](cfg, outs, p32, g32, st, feats.rsqrt_v)
         p.add_(delta.view(p.shape).to(p.dtype))
         st["step"] += 1
@@ -225,7 +230,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._device_meta, self._group_configs = {}, {}
+        self._device_meta, self._group_configs, self._workspace = {}, {}, Workspace()
 
     def __repr__(self) -> str:
         return f"lopt.torch.{type(self).__name__}({self.optimizer_config!r})"

@@ -5,8 +5,8 @@ branch by branch, reading the same (JAX) config dataclass, so a switch means the
 both front-ends. Each switch is handled in exactly one place below; a config key that has no
 branch here must not be listed in :mod:`lopt.torch.switches` (the front-end then refuses it).
 
-The scalar factors are Python floats multiplied into float32 tensors, exactly as in JAX, and
-the terms are accumulated in the same order (``0 - s_bb - s_nom - w_eff p``).
+The scalar factors are Python floats multiplied into float32 tensors, as in JAX, and the terms
+are accumulated in the same order (``0 - s_bb - s_nom - w_eff p``).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ def blackbox_step(cfg, outs: torch.Tensor) -> torch.Tensor:
 
 
 def nominal_direction(kind: str, g, m, rsqrt_v):
-    """``g_hat`` (see :func:`lopt.optimizers.star.nominal_direction`); new tensor or ``g``."""
+    """``g_hat`` (see :func:`lopt.optimizers.star.nominal_direction`); may return a view."""
     if kind == "sgd":
         return g
     if kind == "sgdm":
         return m[-1]
-    mean_m = (m[0] + m[1]).add_(m[2]).div_(3.0)
+    mean_m = torch.sum(m, dim=0).div_(3.0)
     if kind == "aggmo":
         return mean_m
     if kind == "adam":
@@ -44,30 +44,35 @@ def _aggregate(x: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def star_delta(cfg: STAR, outs, p, g, st, rsqrt_v) -> torch.Tensor:
-    """STAR: ``delta = -s_bb - s_nom - w_eff * p``, each term behind its switch."""
-    delta = torch.zeros_like(p)
+    """STAR: ``delta = -s_bb - s_nom - w_eff * p``, each term behind its switch.
+
+    Terms are subtracted in place from one buffer (``sub_(x, alpha=c)`` is ``delta - c * x``).
+    """
     if cfg.step_multiplier > 0:
         s_bb = blackbox_step(cfg, outs)
         if cfg.precondition:
             s_bb.mul_(rsqrt_v)
         delta = s_bb.neg_()
+    else:
+        delta = torch.zeros_like(p)
     extra = iter(outs[2:])
     if cfg.nominal != "none" and cfg.alpha > 0:
         direction = nominal_direction(cfg.nominal, g, st["m"], rsqrt_v)
         if cfg.nominal_controller:
             n = _aggregate(next(extra), cfg.nominal_controller_aggregation)
             step = torch.exp(cfg.nominal_controller_multiplier * n).mul_(cfg.alpha)
-            delta = delta - step * direction
+            delta.sub_(step * direction)
         else:
-            delta = delta - cfg.alpha * direction
+            delta.sub_(direction, alpha=cfg.alpha)
     elif cfg.nominal_controller:
         next(extra)
     if cfg.weight_decay > 0:
         w_eff = cfg.effective_weight_decay
         if cfg.regularization_controller:
             r = _aggregate(next(extra), cfg.regularization_controller_aggregation)
-            w_eff = torch.exp(cfg.regularization_controller_multiplier * r).mul_(w_eff)
-        delta = delta - w_eff * p
+            delta.sub_(torch.exp(cfg.regularization_controller_multiplier * r).mul_(w_eff) * p)
+        else:
+            delta.sub_(p, alpha=w_eff)
     return delta
 
 
