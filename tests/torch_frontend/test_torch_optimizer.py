@@ -149,6 +149,14 @@ def test_params_without_grad_are_skipped():
     assert int(opt.state[frozen]["step"]) == 1 and int(opt.state[a]["step"]) == 5
 
 
+def test_empty_parameters_are_skipped():
+    empty, w = torch.nn.Parameter(torch.zeros(0, 3)), torch.nn.Parameter(torch.ones(2, 3))
+    opt = lopt.torch.STAR([empty, w])
+    empty.grad, w.grad = torch.zeros(0, 3), torch.ones(2, 3)
+    opt.step()
+    assert empty not in opt.state and int(opt.state[w]["step"]) == 1
+
+
 def test_sparse_gradients_are_refused():
     emb = torch.nn.Embedding(10, 4, sparse=True)
     opt = lopt.torch.STAR(emb.parameters())
@@ -189,7 +197,8 @@ def test_nonfinite_steps_skip_count_then_surface_like_optax():
     topt = lopt.torch.STAR([w], theta=theta, max_nonfinite_skips=2)
     good = torch.full((3, 2), 0.1)
     bad = torch.tensor([[1.0, float("nan")], [0.0, 0.0], [float("inf"), 0.0]])
-    sequence = [good, bad, good, bad, bad, bad, good]
+    neg_inf = torch.tensor([[1.0, 0.0], [-float("inf"), 0.0], [0.0, 0.0]])
+    sequence = [good, bad, good, neg_inf, bad, bad, good]
     counts = []
     for t, g in enumerate(sequence):
         before = {k: v.clone() for k, v in topt.state[w].items()} if topt.state[w] else None
