@@ -117,13 +117,13 @@ def test_unknown_config_key_is_refused_not_ignored(monkeypatch):
 
     @dataclasses.dataclass(frozen=True)
     class NewSTAR(STAR):
-        step_size_controller: bool = False
+        future_switch: bool = False
 
     monkeypatch.setattr(
         lopt.torch.meta, "optimizer_classes", lambda: {"star": NewSTAR, "blackbox": Blackbox}
     )
     (w,) = make_params([(3, 2)])
-    with pytest.raises(UnsupportedConfigError, match="step_size_controller"):
+    with pytest.raises(UnsupportedConfigError, match="future_switch"):
         lopt.torch.STAR([w], theta=NewSTAR().init(jax.random.PRNGKey(0)))
     with pytest.raises(UnsupportedConfigError, match="accumulators.new_decay"):
         check_supported("star", {**STAR().config(), "accumulators": {"new_decay": 0.5}})

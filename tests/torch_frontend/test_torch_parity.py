@@ -40,15 +40,21 @@ FLIPPED = dict(nominal="sgdm", alpha=3e-3, step_multiplier=1e-3, magnitude_multi
 CASES = [
     ("star-default", "star", {}, ("shipped", "random")),
     ("star-flipped", "star", FLIPPED, ("shipped", "random")),
+    ("star-ratio", "star",
+     dict(precondition_mode="ratio", precondition_epsilon=1e-8, step_multiplier=1e-3),
+     ("shipped", "random")),
     ("star-controllers", "star",
      dict(FLIPPED, hidden_sizes=(8,), nominal_controller=True,
           nominal_controller_aggregation="tensor", nominal_controller_multiplier=0.3,
-          regularization_controller=True, regularization_controller_multiplier=0.3),
+          regularization_controller=True, regularization_controller_multiplier=0.3,
+          step_size_controller=True, step_size_aggregation="coordinate",
+          step_size_multiplier=0.5, step_size_range=2.0),
      ("random",)),
     ("star-controllers-b", "star",
      dict(nominal="aggmo", nominal_controller=True, nominal_controller_multiplier=0.3,
           regularization_controller=True, regularization_controller_aggregation="tensor",
-          regularization_controller_multiplier=0.3, weight_decay=0.5),
+          regularization_controller_multiplier=0.3, weight_decay=0.5,
+          step_size_controller=True),
      ("random",)),
     ("star-nominal-sgd", "star", dict(nominal="sgd", alpha=1e-2), ("random",)),
     ("star-nominal-adam", "star", dict(nominal="adam"), ("random",)),
@@ -56,8 +62,8 @@ CASES = [
     ("blackbox", "blackbox", {}, ("shipped", "random")),
 ]
 # One case per code path runs in the default suite; CI also runs the rest (``-m slow``).
-FAST = {"star-default-random", "star-flipped-random", "star-controllers-random",
-        "blackbox-random"}
+FAST = {"star-default-random", "star-flipped-random", "star-ratio-random",
+        "star-controllers-random", "blackbox-random"}
 PARAMS = [
     pytest.param(
         kind, switches, source, id=f"{name}-{source}",

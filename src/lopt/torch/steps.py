@@ -43,34 +43,57 @@ def _aggregate(x: torch.Tensor, how: str) -> torch.Tensor:
     return x.mean() if how == "tensor" else x
 
 
+def precondition_scale(cfg: STAR, v, rsqrt_v):
+    """What the learned step is multiplied by: ``1/sqrt(v + 1e-6)`` (``divide``, the paper's)
+    or ``sqrt(v) / sqrt(v + eps)`` (``ratio``)."""
+    if cfg.precondition_mode == "ratio":
+        return torch.sqrt(v).mul_(torch.rsqrt(v + cfg.precondition_epsilon))
+    return rsqrt_v
+
+
+def step_size(cfg: STAR, c):
+    """``k = exp(R tanh(lambda_c c / R))`` (see :meth:`lopt.optimizers.STAR.step_size`)."""
+    c = _aggregate(c, cfg.step_size_aggregation)
+    r = cfg.step_size_range
+    return torch.exp(r * torch.tanh(cfg.step_size_multiplier * c / r))
+
+
 def star_delta(cfg: STAR, outs, p, g, st, rsqrt_v) -> torch.Tensor:
-    """STAR: ``delta = -s_bb - s_nom - w_eff * p``, each term behind its switch.
+    """STAR: ``delta = -k (s_bb + s_nom) - w_eff * p``, each term behind its switch.
 
     Terms are subtracted in place from one buffer (``sub_(x, alpha=c)`` is ``delta - c * x``).
+    Controller outputs follow ``d, m`` in the order ``n, r, c``, one for each switch that is on.
     """
+    extra = iter(outs[2:])
+    n = next(extra) if cfg.nominal_controller else None
+    r = next(extra) if cfg.regularization_controller else None
+    k = step_size(cfg, next(extra)) if cfg.step_size_controller else None
     if cfg.step_multiplier > 0:
         s_bb = blackbox_step(cfg, outs)
         if cfg.precondition:
-            s_bb.mul_(rsqrt_v)
+            s_bb.mul_(precondition_scale(cfg, st["v"], rsqrt_v))
         delta = s_bb.neg_()
     else:
         delta = torch.zeros_like(p)
-    extra = iter(outs[2:])
     if cfg.nominal != "none" and cfg.alpha > 0:
         direction = nominal_direction(cfg.nominal, g, st["m"], rsqrt_v)
-        if cfg.nominal_controller:
-            n = _aggregate(next(extra), cfg.nominal_controller_aggregation)
+        if n is not None:
+            n = _aggregate(n, cfg.nominal_controller_aggregation)
             step = torch.exp(cfg.nominal_controller_multiplier * n).mul_(cfg.alpha)
             delta.sub_(step * direction)
         else:
             delta.sub_(direction, alpha=cfg.alpha)
-    elif cfg.nominal_controller:
-        next(extra)
+    if k is not None:
+        delta.mul_(k)
     if cfg.weight_decay > 0:
         w_eff = cfg.effective_weight_decay
-        if cfg.regularization_controller:
-            r = _aggregate(next(extra), cfg.regularization_controller_aggregation)
-            delta.sub_(torch.exp(cfg.regularization_controller_multiplier * r).mul_(w_eff) * p)
+        if k is not None and cfg.decay_mode == "scaled":
+            w_eff = w_eff * k
+        if r is not None:
+            r = _aggregate(r, cfg.regularization_controller_aggregation)
+            w_eff = w_eff * torch.exp(cfg.regularization_controller_multiplier * r)
+        if isinstance(w_eff, torch.Tensor):
+            delta.sub_(w_eff * p)
         else:
             delta.sub_(p, alpha=w_eff)
     return delta
