@@ -120,3 +120,54 @@ def test_update_never_materializes_a_feature_matrix(opt):
         for pattern in (rf"f32\[{n},{width}\]", rf"f32\[{width},{n}\]",
                         rf"f32\[96,80,{width}\]", rf"f32\[{width},96,80\]"):
             assert not re.search(pattern, hlo), pattern
+
+
+def test_tensor_statistics_by_hand():
+    """Two steps with gradients g1, g2; momenta (no bias correction) and v written out in
+    NumPy; log rms(m_i / sqrt(v + 1e-6)) (with the RMS epsilon 1e-5) and cos(g2, m_i)."""
+    from lopt.optimizers.features import (
+        AccumulatorConfig,
+        init_leaf_state,
+        leaf_features,
+        tensor_statistics,
+        update_accumulators,
+    )
+
+    rng = np.random.default_rng(0)
+    g1 = rng.normal(size=(4, 3)).astype(np.float32)
+    g2 = (0.3 * g1 + rng.normal(size=(4, 3))).astype(np.float32)
+    acc = AccumulatorConfig()
+    decays = acc.decays(acc.init_theta())
+    st = init_leaf_state(jnp.zeros((4, 3)))
+    for g in (g1, g2):
+        st = update_accumulators(st, jnp.asarray(g), decays)
+    feats = leaf_features(jnp.zeros((4, 3)), jnp.asarray(g2), st)
+    got = np.asarray(tensor_statistics(jnp.asarray(g2), st, feats.rms))
+    betas = np.array([0.9, 0.99, 0.999])
+    m = [b * (1 - b) * g1 + (1 - b) * g2 for b in betas]
+    v = 0.999 * 0.001 * g1**2 + 0.001 * g2**2
+    log_rms = [np.log(np.sqrt(np.mean((mi / np.sqrt(v + 1e-6)) ** 2) + 1e-5)) for mi in m]
+    cos = [np.sum(g2 * mi) / np.sqrt(np.sum(g2**2) * np.sum(mi**2)) for mi in m]
+    np.testing.assert_allclose(got, np.array(log_rms + cos), rtol=2e-5, atol=1e-6)
+
+
+def test_tensor_features_switch_adds_six_inputs_that_reach_the_update():
+    from lopt.optimizers import STAR
+
+    params = {"w": jnp.ones((5, 4)), "b": jnp.zeros((4,))}
+    grads = jax.tree.map(lambda p: jnp.linspace(-1.0, 2.0, p.size).reshape(p.shape), params)
+    off = STAR(output_init_scale=1.0)
+    on = STAR(output_init_scale=1.0, tensor_features=True)
+    theta = on.init(jax.random.PRNGKey(0))
+    assert theta["mlp"]["w0"].shape == (45, 4)
+    assert off.init(jax.random.PRNGKey(0))["mlp"]["w0"].shape == (39, 4)
+    zero_rows = {**theta, "mlp": {**theta["mlp"], "w0": theta["mlp"]["w0"].at[39:].set(0.0)}}
+    plain = {**theta, "mlp": {**theta["mlp"], "w0": theta["mlp"]["w0"][:39]}}
+    s0 = on.init_state(theta, params)
+    d_on, _ = on.deltas(zero_rows, s0, grads, params)
+    d_off, _ = off.deltas(plain, s0, grads, params)
+    for a, b in zip(jax.tree.leaves(d_on), jax.tree.leaves(d_off), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    d_full, _ = on.deltas(theta, s0, grads, params)
+    assert any(not np.allclose(a, b) for a, b in
+               zip(jax.tree.leaves(d_full), jax.tree.leaves(d_off), strict=True))

@@ -248,6 +248,33 @@ def leaf_features(p: jax.Array, g: jax.Array, st: LeafState) -> LeafFeatures:
     return LeafFeatures(channels=channels, rms=rms)
 
 
+#: tensor-level inputs added by ``tensor_features=True`` (see :func:`tensor_statistics`)
+NUM_TENSOR_STATISTICS = 6
+#: indices of the three "Adam" ratio channels ``m_i / sqrt(v + 1e-6)`` in the 28 channels
+ADAM_CHANNELS = (6, 7, 8)
+
+
+def tensor_statistics(g: jax.Array, st: LeafState, rms: jax.Array) -> jax.Array:
+    """Six numbers per tensor, the same for each of its coordinates: how consistent its
+    gradients are, which the per-coordinate features cannot say (each is divided by its RMS
+    over the tensor, so the tensor's overall level is gone).
+
+    * ``log rms(m_i / sqrt(v + 1e-6))`` for the three momenta: ~0 when the gradient points
+      the same way step after step, strongly negative when it is mostly noise;
+    * ``cos(g, m_i)``: > 0 while the momenta agree with the new gradient, < 0 when the last
+      steps overshot (the signal a learned step size needs to back off).
+
+    Both are dimensionless, so they mean the same on every task, and cost three dot products.
+    """
+    log_rms = jnp.log(rms[jnp.array(ADAM_CHANNELS)])
+    gg = jnp.sum(g * g)
+    cos = [
+        jnp.sum(g * st.m[i]) * jax.lax.rsqrt(gg * jnp.sum(st.m[i] * st.m[i]) + 1e-30)
+        for i in range(3)
+    ]
+    return jnp.concatenate([log_rms, jnp.stack(cos)])
+
+
 def time_features(step: jax.Array) -> jax.Array:
     """``tanh(t / tau - 1)`` for the 11 time scales; identical for every coordinate."""
     t = jnp.asarray(step, jnp.float32)

@@ -16,11 +16,13 @@ import optax
 
 from lopt.optimizers.features import (
     NUM_INPUTS,
+    NUM_TENSOR_STATISTICS,
     AccumulatorConfig,
     LeafState,
     as_tensor,
     init_leaf_state,
     leaf_features,
+    tensor_statistics,
     time_features,
     update_accumulators,
 )
@@ -55,6 +57,9 @@ class AdafactorMLPBase:
         magnitude_multiplier: ``lambda_0``.
         output_init_scale: multiplies the output layer's initial weights (the MLP's outputs at
             meta-initialization scale with it).
+        tensor_features: add six tensor-level inputs (gradient consistency per momentum,
+            :func:`~lopt.optimizers.features.tensor_statistics`) to the 39, like the time
+            features the same for every coordinate of a tensor; off is the paper's recipe.
     """
 
     name: ClassVar[str] = "adafactor_mlp"
@@ -64,6 +69,7 @@ class AdafactorMLPBase:
     step_multiplier: float = 1e-3
     magnitude_multiplier: float = 1e-3
     output_init_scale: float = 1.0
+    tensor_features: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
@@ -84,6 +90,11 @@ class AdafactorMLPBase:
         """Direction ``d`` and magnitude ``m``; subclasses add controller outputs."""
         return 2
 
+    @property
+    def num_inputs(self) -> int:
+        """39 (28 per-coordinate + 11 time features), plus 6 with ``tensor_features``."""
+        return NUM_INPUTS + (NUM_TENSOR_STATISTICS if self.tensor_features else 0)
+
     def config(self) -> dict:
         """JSON-serializable architecture and switches (stored with saved meta-parameters)."""
         return json_ready(dataclasses.asdict(self))
@@ -94,7 +105,7 @@ class AdafactorMLPBase:
 
     # -- LearnedOptimizer protocol -----------------------------------------------------
     def init(self, key: jax.Array) -> dict:
-        sizes = (NUM_INPUTS, *self.hidden_sizes, self.num_outputs)
+        sizes = (self.num_inputs, *self.hidden_sizes, self.num_outputs)
         mlp = init_mlp(key, sizes)
         last = f"w{len(sizes) - 2}"
         mlp[last] = mlp[last] * self.output_init_scale
@@ -120,7 +131,10 @@ class AdafactorMLPBase:
             g32 = as_tensor(jnp.asarray(g)).astype(jnp.float32)
             st = update_accumulators(st, g32, decays)
             feats = leaf_features(p32, g32, st)
-            outs = fused_mlp(theta["mlp"], feats.channels, feats.rms, tfeat, p32.shape)
+            glob = tfeat
+            if self.tensor_features:
+                glob = jnp.concatenate([tfeat, tensor_statistics(g32, st, feats.rms)])
+            outs = fused_mlp(theta["mlp"], feats.channels, feats.rms, glob, p32.shape)
             delta = self.leaf_delta(outs, p32, g32, st)
             deltas.append(delta.reshape(jnp.shape(p)).astype(jnp.asarray(p).dtype))
             new_leaves.append(st)
