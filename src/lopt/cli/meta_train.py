@@ -33,6 +33,8 @@ FLAGS: tuple[tuple[str, tuple[str, ...], dict, str], ...] = (
     ("meta_loss", (), {"choices": ("normalized", "log")},
      "per-step meta-loss: the task's bounded (normalized) loss, or its logarithm (relative "
      "progress counts)"),
+    ("meta_loss_floor", (), {"type": float},
+     "with the log meta-loss: losses below this count as this (progress below it is ignored)"),
     ("sigma", (), {"type": float}, "standard deviation of the ES/PES perturbation of theta"),
     ("truncation", (), {"type": int}, "inner steps per truncation (one outer step)"),
     ("horizon_min", (), {"type": int}, "shortest inner run, in inner steps"),

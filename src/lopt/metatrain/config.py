@@ -41,7 +41,10 @@ class EstimatorConfig:
             out of phase (otherwise every slot restarts at the same outer step).
         meta_loss: ``normalized`` (the task's bounded normalizer, spec section 4) or ``log``
             (its logarithm: relative progress counts, so tasks with small losses are not
-            drowned out by tasks with large ones).
+            drowned out by tasks with large ones), floored at ``meta_loss_floor``. With 1e-4,
+            meta-training ignores progress below a training loss of 1e-4; the shipped STAR
+            used 1e-4 (a run with 1e-8, and a smaller preconditioning epsilon, ended with a
+            median speedup of 1.53 instead of 1.81 on the in-distribution suite).
     """
 
     estimator: str = "pes"
@@ -53,6 +56,7 @@ class EstimatorConfig:
     antithetic: bool = True
     random_offsets: bool = True
     meta_loss: str = "normalized"
+    meta_loss_floor: float = 1e-4
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -80,6 +84,8 @@ class EstimatorConfig:
             raise ValueError(
                 f"unknown meta_loss {self.meta_loss!r}; choose one of {', '.join(META_LOSSES)}"
             )
+        if not (isinstance(self.meta_loss_floor, int | float) and 0 < self.meta_loss_floor < 1):
+            raise ValueError(f"meta_loss_floor must be in (0, 1), got {self.meta_loss_floor!r}")
         if int(self.num_slots) != self.num_slots or self.num_slots < 1:
             raise ValueError(f"num_slots must be a positive integer, got {self.num_slots!r}")
 

@@ -94,6 +94,7 @@ class GradientEstimator:
                 random_offsets=config.random_offsets,
                 scan_unroll=scan_unroll,
                 meta_loss=config.meta_loss,
+                meta_loss_floor=config.meta_loss_floor,
             )
             for g in self.groups
         )

@@ -46,19 +46,13 @@ class UnrollState(NamedTuple):
     acc: Any
 
 
-#: smallest normalized loss the ``log`` meta-loss distinguishes (log(1e-8) = -18.4): around
-#: float32's resolution of a cross-entropy; a higher floor (1e-4 was tried) gives meta-training
-#: no reason to push memorizable tasks below it, while tuned Adam does.
-LOG_FLOOR = 1e-8
-
-
-def meta_loss_of(kind: str, task, losses: jax.Array) -> jax.Array:
+def meta_loss_of(kind: str, task, losses: jax.Array, floor: float = 1e-4) -> jax.Array:
     """Per-step meta-loss from raw losses: the task's bounded normalizer (``normalized``), or
-    its logarithm (``log``, floored at ``LOG_FLOOR``), which weighs every task by its relative
+    its logarithm (``log``, floored at ``floor``), which weighs every task by its relative
     progress (halving a loss of 0.01 counts as much as halving a loss of 1), like a speedup."""
     normalized = jax.vmap(task.normalizer)(losses)
     if kind == "log":
-        return jnp.log(jnp.maximum(normalized, LOG_FLOOR))
+        return jnp.log(jnp.maximum(normalized, floor))
     return normalized
 
 
@@ -89,6 +83,7 @@ class GroupUnroll:
     random_offsets: bool = True
     scan_unroll: int = 1
     meta_loss: str = "normalized"
+    meta_loss_floor: float = 1e-4
 
     # -- run lengths -------------------------------------------------------------------------
     def sample_horizon(self, key: jax.Array) -> jax.Array:
@@ -178,7 +173,7 @@ class GroupUnroll:
             body, (params, opt_state), jnp.arange(length), unroll=self.scan_unroll
         )
         finite = jnp.all(jnp.isfinite(losses), axis=0)
-        return params, opt_state, meta_loss_of(self.meta_loss, task, losses), finite
+        return params, opt_state, meta_loss_of(self.meta_loss, task, losses, self.meta_loss_floor), finite
 
     def truncation_step(self, state: UnrollState, thetas):
         """Advance every slot by one truncation with per-slot, per-particle ``thetas``.
