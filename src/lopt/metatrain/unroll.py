@@ -173,7 +173,8 @@ class GroupUnroll:
             body, (params, opt_state), jnp.arange(length), unroll=self.scan_unroll
         )
         finite = jnp.all(jnp.isfinite(losses), axis=0)
-        return params, opt_state, meta_loss_of(self.meta_loss, task, losses, self.meta_loss_floor), finite
+        meta = meta_loss_of(self.meta_loss, task, losses, self.meta_loss_floor)
+        return params, opt_state, meta, finite
 
     def truncation_step(self, state: UnrollState, thetas):
         """Advance every slot by one truncation with per-slot, per-particle ``thetas``.
