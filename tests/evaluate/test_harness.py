@@ -98,13 +98,19 @@ def _without_timing(obj):
     return obj
 
 
-def test_a_different_optimizer_is_a_different_cell(tmp_path, full_run):
-    """Cells are keyed by the optimizer's parameters, not its name."""
+def test_cells_are_keyed_by_the_optimizer_not_its_name(tmp_path, full_run):
+    """Another learning rate is another cell; the same optimizer under another label is not."""
+    import dataclasses
+
     out, _ = full_run
     before = set((out / "cells").glob("*"))
     harness.evaluate([hand_designed_spec("sgd", 0.07)], {"t": TASKS["t"][:1]}, SETTINGS, out)
-    new = set((out / "cells").glob("*")) - before
-    assert len(new) == 1
+    assert len(set((out / "cells").glob("*")) - before) == 1
+    before = set((out / "cells").glob("*"))
+    renamed = dataclasses.replace(hand_designed_spec("sgd", 0.05), label="my sgd")
+    ev = harness.evaluate([renamed], {"t": TASKS["t"][:1]}, SETTINGS, out)
+    assert set((out / "cells").glob("*")) == before
+    assert "my sgd" in ev.results["suites"]["t"]["tasks"][0]["optimizers"]
 
 
 def test_cli_writes_report_results_and_figures(tmp_path, capsys):

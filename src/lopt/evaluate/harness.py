@@ -250,10 +250,10 @@ def run_task(
         raise Interrupted
     cells = {}
     for spec in optimizers:
-        info = dict(common, kind="optimizer", optimizer=spec.identity(), label=spec.label)
+        key = dict(common, kind="optimizer", optimizer=spec.identity())
         cell = _run_cell(
-            cell_path(info), info, task, spec.make_tx, stack_variants([spec.theta]), seeds,
-            steps, eval_every, **hooks(spec.label, steps),
+            cell_path(key), dict(key, label=spec.label), task, spec.make_tx,
+            stack_variants([spec.theta]), seeds, steps, eval_every, **hooks(spec.label, steps),
         )
         if cell is None:
             raise Interrupted
