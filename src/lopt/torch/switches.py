@@ -54,6 +54,13 @@ GROUP_SWITCHES = {
     "blackbox": ("step_multiplier", "magnitude_multiplier"),
 }
 
+#: JAX switches the torch front-end does not implement yet, accepted only at their "off" value
+#: (every config carries them, so refusing the key outright would refuse every config).
+OFF_ONLY = {
+    "star": {"tensor_features": False},
+    "blackbox": {"tensor_features": False},
+}
+
 #: fields of the accumulator config (nested under ``accumulators``).
 ACCUMULATOR_KEYS = frozenset({"momentum_decays", "rms_decay", "factored_decays"})
 
@@ -72,8 +79,12 @@ def check_supported(kind: str, config: Mapping) -> None:
             f"lopt.torch has no front-end for optimizer kind {kind!r} "
             f"(known: {sorted(ARCHITECTURE)})"
         )
-    known = ARCHITECTURE[kind] | set(GROUP_SWITCHES[kind])
+    off_only = OFF_ONLY[kind]
+    known = ARCHITECTURE[kind] | set(GROUP_SWITCHES[kind]) | set(off_only)
     unknown = sorted(set(config) - known)
+    unknown += [
+        f"{k}={config[k]!r}" for k in sorted(off_only) if k in config and config[k] != off_only[k]
+    ]
     acc = config.get("accumulators", {})
     acc = acc if isinstance(acc, Mapping) else vars(acc)
     unknown += [f"accumulators.{k}" for k in sorted(set(acc) - ACCUMULATOR_KEYS)]
@@ -98,8 +109,7 @@ def check_group_keys(kind: str, group: Mapping) -> None:
                 "to the optimizer instead"
             )
         raise ValueError(
-            f"parameter group has unknown key {key!r}; a {kind} group may set "
-            f"{sorted(switches)}"
+            f"parameter group has unknown key {key!r}; a {kind} group may set {sorted(switches)}"
         )
 
 
