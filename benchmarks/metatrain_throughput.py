@@ -7,7 +7,10 @@ is timed for STAR, the blackbox LO and plain Adam (``OptaxOptimizer(optax.adam)`
 theta = {}, i.e. the same layout with an empty perturbation), in one process.
 
 Inner steps are counted as slots x truncation x 2 (both members of each antithetic pair are an
-optimizee step) per outer step. Prints one JSON object.
+optimizee step) per outer step. The step is compiled as ``lopt meta-train`` compiles it
+(:func:`lopt.utils.compile.jit`). Rates come from the best wall-clock window and, as
+``*_cpu``, from process CPU time (steadier on a shared machine); ``peak_rss_mb`` is the
+process's peak resident memory. Prints one JSON object.
 
     python benchmarks/metatrain_throughput.py [--steps 40] [--slots 8] [--truncation 50]
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 
 
@@ -27,6 +31,7 @@ def build(optimizer, task, args):
     from lopt.metatrain.config import EstimatorConfig
     from lopt.metatrain.estimators import make_estimator
     from lopt.metatrain.trainer import slot_sharding
+    from lopt.utils.compile import jit
 
     cfg = EstimatorConfig(
         estimator="pes",
@@ -43,20 +48,20 @@ def build(optimizer, task, args):
     if state_sharding is not None:  # several devices: split the slot axis over them
         box["state"] = jax.device_put(box["state"], state_sharding)
         theta = jax.device_put(theta, replicated)
-    step = jax.jit(est.step, donate_argnums=(1,))
+    step = jit(est.step, donate_argnums=(1,))
     t0 = time.perf_counter()
     grad, box["state"], _ = step(theta, box["state"], jax.random.PRNGKey(2))
     jax.block_until_ready((grad, box["state"]))
     compile_s = time.perf_counter() - t0
     key = jax.random.PRNGKey(3)
 
-    def window(w: int, n: int) -> float:
-        """Seconds per outer step over ``n`` steps."""
-        t0 = time.perf_counter()
+    def window(w: int, n: int) -> tuple[float, float]:
+        """Wall and CPU seconds per outer step over ``n`` steps."""
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(n):
             grad, box["state"], _ = step(theta, box["state"], jax.random.fold_in(key, w * n + i))
         jax.block_until_ready((grad, box["state"]))
-        return (time.perf_counter() - t0) / n
+        return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
 
     return window, {"compile_s": compile_s, "inner_steps_per_step": est.inner_steps_per_step}
 
@@ -70,12 +75,16 @@ def measure_all(optimizers: dict, task, args) -> dict:
     built = {name: build(opt, task, args) for name, opt in optimizers.items()}
     per_window = max(1, args.steps // args.windows)
     best = {name: float("inf") for name in built}
+    best_cpu = {name: float("inf") for name in built}
     for w in range(args.windows):
         for name, (window, _) in built.items():
-            best[name] = min(best[name], window(w, per_window))
+            wall, cpu = window(w, per_window)
+            best[name] = min(best[name], wall)
+            best_cpu[name] = min(best_cpu[name], cpu)
     return {
         name: {
             "inner_steps_per_s": info["inner_steps_per_step"] / best[name],
+            "inner_steps_per_cpu_s": info["inner_steps_per_step"] / best_cpu[name],
             "outer_steps_per_s": 1.0 / best[name],
             "compile_s": info["compile_s"],
         }
@@ -120,12 +129,16 @@ def main(argv=None) -> None:
         task = dataclasses.replace(task, activations=(args.activation,))
     optimizers = {
         "star": STAR(),
+        "star_step_size": STAR(step_size_controller=True),
         "blackbox": Blackbox(),
         "adam": OptaxOptimizer(optax.adam(1e-3)),
     }
     results = measure_all(optimizers, task, args)
     out = {
         "star_inner_steps_per_s": round(results["star"]["inner_steps_per_s"], 1),
+        "star_step_size_inner_steps_per_s": round(
+            results["star_step_size"]["inner_steps_per_s"], 1
+        ),
         "blackbox_inner_steps_per_s": round(results["blackbox"]["inner_steps_per_s"], 1),
         "adam_inner_steps_per_s": round(results["adam"]["inner_steps_per_s"], 1),
         "star_to_adam": round(
@@ -133,6 +146,17 @@ def main(argv=None) -> None:
         ),
         "blackbox_to_adam": round(
             results["blackbox"]["inner_steps_per_s"] / results["adam"]["inner_steps_per_s"], 3
+        ),
+        "star_step_size_to_adam_cpu": round(
+            results["star_step_size"]["inner_steps_per_cpu_s"]
+            / results["adam"]["inner_steps_per_cpu_s"], 3
+        ),
+        "star_to_adam_cpu": round(
+            results["star"]["inner_steps_per_cpu_s"] / results["adam"]["inner_steps_per_cpu_s"], 3
+        ),
+        "blackbox_to_adam_cpu": round(
+            results["blackbox"]["inner_steps_per_cpu_s"]
+            / results["adam"]["inner_steps_per_cpu_s"], 3
         ),
         "compile_s": {k: round(v["compile_s"], 2) for k, v in results.items()},
         "counting": "inner steps = slots x truncation x 2 (antithetic pair) per PES step",
@@ -146,6 +170,7 @@ def main(argv=None) -> None:
             "timed_outer_steps": args.steps,
         },
         "devices": [str(d) for d in jax.devices()],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     print(json.dumps(out))
 

@@ -7,6 +7,12 @@ whatever machine runs this. The torch optimizers are stepped in turn within each
 load spike on a shared machine hits all of them; the torch part is skipped, with a note, when
 torch is not installed.
 
+Also reported: ``*_cpu_ms`` (process CPU seconds per update over a window of updates: on a
+shared machine the steadier number, since time slices lost to other processes do not count),
+``star_step_size`` (STAR with the learned step size of the shipped recipe), the optimizer state
+in bytes per parameter (``state_bytes_per_param``, next to Adam's 8) and the process's peak
+resident memory (``peak_rss_mb``).
+
     python benchmarks/step_overhead.py [--repeats 50] [--torch-threads N]
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -35,7 +42,15 @@ def mlp_params(key, sizes=(784, 1024, 256, 10)):
     return params
 
 
-def time_update(tx, params, grads, repeats: int) -> float:
+def state_bytes_per_param(tx, params) -> float:
+    """Bytes of optimizer state per parameter (shapes only: nothing is allocated)."""
+    state = jax.eval_shape(tx.init, params)
+    nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    return nbytes / sum(p.size for p in jax.tree.leaves(params))
+
+
+def compiled_update(tx, params, grads):
+    """``tx``'s update plus ``apply_updates``, jitted with XLA's defaults (as a user would)."""
     state = tx.init(params)
 
     @jax.jit
@@ -45,12 +60,34 @@ def time_update(tx, params, grads, repeats: int) -> float:
 
     for _ in range(3):  # compile and warm up
         jax.block_until_ready(step(params, state, grads))
-    times = []
+    return lambda: jax.block_until_ready(step(params, state, grads))
+
+
+def time_updates(txs: dict, params, grads, repeats: int, window: int = 5) -> dict:
+    """Wall ms per update (median and best over ``repeats``) and CPU ms per update (best
+    window of ``window`` updates), the optimizers interleaved so that load hits all alike."""
+    steps = {name: compiled_update(tx, params, grads) for name, tx in txs.items()}
+    wall = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(step(params, state, grads))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            wall[name].append(time.perf_counter() - t0)
+    for _ in range(max(1, repeats // window)):
+        for name, step in steps.items():
+            c0 = time.process_time()
+            for _ in range(window):
+                step()
+            cpu[name].append((time.process_time() - c0) / window)
+    return {
+        name: {
+            "ms": 1e3 * statistics.median(wall[name]),
+            "best_ms": 1e3 * min(wall[name]),
+            "cpu_ms": 1e3 * min(cpu[name]),
+        }
+        for name in steps
+    }
 
 
 def torch_step_overhead(repeats: int, threads: int | None) -> dict:
@@ -112,21 +149,32 @@ def main() -> None:
     params = mlp_params(key)
     grads = jax.tree.map(lambda p: 1e-2 * jax.random.normal(key, p.shape), params)
     n = sum(p.size for p in jax.tree.leaves(params))
-    star, bb = STAR(), Blackbox()
-    res = {
-        "num_params": int(n),
-        "adam_ms": time_update(optax.adam(1e-3), params, grads, args.repeats),
-        "blackbox_ms": time_update(
-            bb.as_optax(bb.init(key), max_nonfinite_skips=0), params, grads, args.repeats
-        ),
-        "star_ms": time_update(
-            star.as_optax(star.init(key), max_nonfinite_skips=0), params, grads, args.repeats
-        ),
+    learned = {
+        "blackbox": Blackbox(),
+        "star": STAR(),
+        "star_step_size": STAR(step_size_controller=True),
     }
-    res["star_to_adam"] = res["star_ms"] / res["adam_ms"]
-    res["blackbox_to_adam"] = res["blackbox_ms"] / res["adam_ms"]
+    txs = {"adam": optax.adam(1e-3)}
+    txs.update({name: opt.as_optax(opt.init(key), max_nonfinite_skips=0)
+                for name, opt in learned.items()})
+    times = time_updates(txs, params, grads, args.repeats)
+    res = {"num_params": int(n)}
+    for name, t in times.items():
+        res[f"{name}_ms"] = t["ms"]
+        res[f"{name}_cpu_ms"] = t["cpu_ms"]
+    for name in learned:
+        res[f"{name}_to_adam"] = times[name]["ms"] / times["adam"]["ms"]
+        res[f"{name}_to_adam_best"] = times[name]["best_ms"] / times["adam"]["best_ms"]
+        res[f"{name}_to_adam_cpu"] = times[name]["cpu_ms"] / times["adam"]["cpu_ms"]
+    res["state_bytes_per_param"] = {
+        name: round(state_bytes_per_param(tx, params), 2) for name, tx in txs.items()
+    }
     res["backend"] = jax.default_backend()
-    res.update(torch_step_overhead(args.repeats, args.torch_threads))
+    try:
+        res.update(torch_step_overhead(args.repeats, args.torch_threads))
+    except Exception as err:  # the JAX numbers above still stand
+        res["torch"] = f"failed: {type(err).__name__}: {err}"
+    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(res))
 
 

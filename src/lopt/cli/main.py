@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from pathlib import Path
+
+from lopt.utils.compile import enable_compilation_cache  # noqa: F401  (also the CLI's)
 
 # Subcommand modules under lopt.cli, in the order ``lopt --help`` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -60,26 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         importlib.import_module(f"lopt.cli.{name}").add_parser(sub)
     return parser
-
-
-def enable_compilation_cache() -> None:
-    """Persist compiled XLA programs across runs (``$LOPT_CACHE/jax``, ``~/.cache/lopt/jax``).
-
-    Compiling a learned-optimizer step or a meta-training program takes seconds to minutes on
-    a CPU; the cache makes every later run with the same shapes start at once. Set
-    ``LOPT_NO_COMPILE_CACHE=1`` to turn it off.
-    """
-    if os.environ.get("LOPT_NO_COMPILE_CACHE"):
-        return
-    import jax
-
-    root = Path(os.environ.get("LOPT_CACHE", Path.home() / ".cache" / "lopt"))
-    try:
-        (root / "jax").mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return  # read-only home: run without the cache
-    jax.config.update("jax_compilation_cache_dir", str(root / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def main(argv: list[str] | None = None) -> int:

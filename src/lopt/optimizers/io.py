@@ -39,12 +39,18 @@ def optimizer_classes() -> dict:
     return {"star": STAR, "blackbox": Blackbox}
 
 
-def _flatten(theta) -> dict[str, np.ndarray]:
+def _flatten(theta, *, arrays: bool = True) -> dict:
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
         key = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        flat[key] = np.asarray(leaf)
+        flat[key] = np.asarray(leaf) if arrays else leaf
     return flat
+
+
+def _template(optimizer):
+    """Shapes of ``optimizer.init``'s theta, without running it (running it eagerly compiled a
+    dozen one-op programs: a second or more of every save and load)."""
+    return jax.eval_shape(optimizer.init, jax.random.PRNGKey(0))
 
 
 def save_meta_params(path, theta, optimizer, *, extra_metadata: dict | None = None) -> Path:
@@ -57,8 +63,7 @@ def save_meta_params(path, theta, optimizer, *, extra_metadata: dict | None = No
     kinds = optimizer_classes()
     if getattr(optimizer, "name", None) not in kinds:
         raise TypeError(f"can only save meta-parameters of {sorted(kinds)}, got {optimizer!r}")
-    expected = optimizer.init(jax.random.PRNGKey(0))
-    _check_structure(_flatten(expected), _flatten(theta), "theta to save")
+    _check_structure(_flatten(_template(optimizer), arrays=False), _flatten(theta), "theta to save")
     from lopt import __version__
 
     metadata = {
@@ -156,8 +161,8 @@ def flatten_meta_params(theta) -> dict[str, np.ndarray]:
 def unflatten_meta_params(optimizer, flat: dict, what: str = "meta-parameters"):
     """The theta pytree of ``optimizer`` from a ``{path: array}`` dict, checked: every tensor
     present with the architecture's shape and finite, else :class:`MetaParamsError`."""
-    expected = optimizer.init(jax.random.PRNGKey(0))
-    exp_flat = _flatten(expected)
+    expected = _template(optimizer)
+    exp_flat = _flatten(expected, arrays=False)
     flat = {k: np.asarray(v) for k, v in flat.items()}
     _check_structure(exp_flat, flat, what)
     leaves = [jnp.asarray(flat[k], jnp.float32) for k in exp_flat]

@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 
 from lopt.optimizers.io import MetaParamsError, load_meta_params, optimizer_classes
+from lopt.utils.compile import enable_compilation_cache
 
 KINDS = ("star", "blackbox")
 
@@ -82,13 +83,15 @@ def star(theta=None, **optax_kwargs):
     meta-initialization, a sound Adam-AggMo optimizer with step 1e-3, if none ship); a path
     loads meta-parameters saved by :func:`lopt.save_meta_params`; a pytree is used as-is with
     the default STAR architecture. No horizon or total step count is needed; ``loss=`` is
-    optional.
+    optional. Turns on lopt's persistent compilation cache (see :mod:`lopt.utils.compile`).
     """
+    enable_compilation_cache()
     theta, opt = resolve("star", theta)
     return opt.as_optax(theta, **optax_kwargs)
 
 
 def blackbox(theta=None, **optax_kwargs):
     """The blackbox Adafactor-MLP baseline as an optax transformation (see :func:`star`)."""
+    enable_compilation_cache()
     theta, opt = resolve("blackbox", theta)
     return opt.as_optax(theta, **optax_kwargs)

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from lopt.tasks.base import Task
+from lopt.utils.compile import jit
 
 #: ``make_tx(theta) -> optax.GradientTransformation``; called under ``jit``/``vmap``.
 MakeTx = Callable[[Any], optax.GradientTransformation]
@@ -179,10 +180,10 @@ def train_curves(
 
     over_seeds = dict(in_axes=(None, 0, 0, 0, None, None))
     over_variants = dict(in_axes=(0, 0, 0, None, None, None))
-    run_chunk = jax.jit(
+    run_chunk = jit(
         jax.vmap(jax.vmap(chunk_one, **over_seeds), **over_variants), donate_argnums=(1, 2)
     )
-    init_all = jax.jit(jax.vmap(jax.vmap(init_one, in_axes=(None, 0)), in_axes=(0, None)))
+    init_all = jit(jax.vmap(jax.vmap(init_one, in_axes=(None, 0)), in_axes=(0, None)))
     evaluate = None
     if has_eval:
         def ev(params, key):
@@ -191,7 +192,7 @@ def train_curves(
                 return loss, jnp.float32(jnp.nan)
             return loss, task.eval_accuracy(params, key).astype(jnp.float32)
 
-        evaluate = jax.jit(jax.vmap(jax.vmap(ev, in_axes=(0, 0)), in_axes=(0, None)))
+        evaluate = jit(jax.vmap(jax.vmap(ev, in_axes=(0, 0)), in_axes=(0, None)))
 
     t_start = time.perf_counter()
     if on_compile is not None:

@@ -1,0 +1,85 @@
+"""How lopt compiles its own programs: a persistent cache, and XLA options tuned for compile time.
+
+Compilation dominates short runs on a CPU: a PES meta-training step, its held-out evaluation
+and the inner-training loop are large XLA programs (the learned optimizer's per-coordinate MLP
+is unrolled into every step) that take seconds to a minute each to compile and often run for
+less time than that. Two levers, both on by default and both with an off switch:
+
+* **Persistent compilation cache.** Compiled programs are written to ``$LOPT_CACHE/jax``
+  (default ``~/.cache/lopt/jax``), so a second run with the same shapes starts at once. lopt
+  turns it on the first time it compiles one of its own programs or hands out an optimizer
+  (``lopt.star()``), *unless* the process already chose a cache folder
+  (``jax_compilation_cache_dir`` is set: lopt leaves it alone) or ``LOPT_NO_COMPILE_CACHE=1``.
+  Note that it is JAX's process-wide cache: the rest of the process's programs are cached
+  there too.
+* **LLVM optimization level 1** for the programs lopt jits itself on a CPU (meta-training
+  steps, evaluations, the inner-training loop): measured on digits MLP meta-training it cuts
+  XLA compile time by ~40% (a PES step 12.2 -> 7.2 CPU-seconds) with the step running as fast
+  (the small per-task tensors gain nothing from LLVM's heavier passes). Programs a user jits
+  (``STAR.as_optax`` inside their own training step) keep XLA's defaults.
+  ``LOPT_XLA_OPT_LEVEL=N`` picks another level (``default`` = XLA's own).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: LLVM optimization level of lopt's own CPU programs (XLA's default is 2; see module doc).
+DEFAULT_OPT_LEVEL = 1
+#: programs that compile faster than this are not written to the persistent cache
+MIN_CACHED_COMPILE_SECONDS = 0.5
+
+
+def cache_root() -> Path:
+    """``$LOPT_CACHE`` or ``~/.cache/lopt`` (generated data and compiled programs live here)."""
+    return Path(os.environ.get("LOPT_CACHE", Path.home() / ".cache" / "lopt"))
+
+
+def enable_compilation_cache() -> bool:
+    """Persist compiled XLA programs across runs in ``$LOPT_CACHE/jax``; True when on.
+
+    Does nothing (and returns whether a cache is on) when ``LOPT_NO_COMPILE_CACHE`` is set to
+    anything but ``0``, when the process already set ``jax_compilation_cache_dir`` itself, or
+    when the folder cannot be created (a read-only home). Safe to call many times.
+    """
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return True  # the user's (or an earlier call's) choice stands
+    if os.environ.get("LOPT_NO_COMPILE_CACHE", "0") not in ("", "0"):
+        return False
+    folder = cache_root() / "jax"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_SECONDS)
+    return True
+
+
+def compiler_options() -> dict:
+    """XLA options for lopt's own programs on the default backend (empty: XLA's defaults).
+
+    Only CPU programs get a lower LLVM optimization level; ``LOPT_XLA_OPT_LEVEL`` overrides it
+    (an integer 0-3, or ``default``).
+    """
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return {}
+    level = os.environ.get("LOPT_XLA_OPT_LEVEL", str(DEFAULT_OPT_LEVEL)).strip().lower()
+    if level in ("", "default", "xla"):
+        return {}
+    if level not in ("0", "1", "2", "3"):
+        raise ValueError(f"LOPT_XLA_OPT_LEVEL must be 0, 1, 2, 3 or 'default', got {level!r}")
+    return {"xla_backend_optimization_level": int(level)}
+
+
+def jit(fun, **kwargs):
+    """``jax.jit`` for lopt's own programs: the persistent cache on, compile-time options set."""
+    import jax
+
+    enable_compilation_cache()
+    return jax.jit(fun, compiler_options=compiler_options() or None, **kwargs)
