@@ -1,0 +1,284 @@
+"""The fused JAX update of Blackbox and STAR equals an independent NumPy reference.
+
+``tests/reference/adafactor_mlp_reference.py`` restates method.md section 3 (plus this
+codebase's documented deviations) in plain float64 NumPy, building the ``[num_params, 39]``
+input matrix explicitly; it shares no code with ``lopt.optimizers``. Meta-parameters are random
+at full output scale (the learned term is large) and the switch-dependent multipliers are large
+enough that every MLP output moves the step by far more than the tolerance.
+
+Switches: ``SWITCHES`` is the table of every STAR switch and its values. The end-to-end test
+(50 steps, 4 tensor shapes, compiled once per config, ~3 s each) runs a pairwise-covering set of
+its combinations -- every pair of values of any two switches appears in some config -- plus the
+product defaults; the full product (648 combinations) is checked for the part of the update the
+switches control (``leaf_delta``: MLP outputs and accumulators -> step), which needs no compile.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lopt.optimizers import STAR, Blackbox
+from lopt.optimizers.features import LeafState
+from reference.adafactor_mlp_reference import CONFIG_KEYS, ReferenceOptimizer
+
+STEPS = 50
+SHAPES = {"scalar": (), "vector": (7,), "matrix": (5, 3), "conv": (3, 3, 2, 4)}
+# Gradient scale per tensor: 1e-3 puts v near the 1e-6 epsilon; 10 is far above it.
+GRAD_SCALES = {"scalar": 1e-3, "vector": 1.0, "matrix": 10.0, "conv": 1e-2}
+
+#: Every STAR switch and the values it takes. A new switch must be added here (and to the
+#: reference): ``test_switch_table_lists_every_switch`` and the reference's unknown-key check
+#: fail until it is.
+SWITCHES = {
+    "nominal": ("sgd", "sgdm", "aggmo", "adam", "adam_aggmo", "none"),
+    "precondition": (True, False),
+    "weight_decay": ("off", "scaled", "raw"),  # sets weight_decay and decay_mode together
+    "nominal_controller": ("off", "coordinate", "tensor"),
+    "regularization_controller": ("off", "coordinate", "tensor"),
+    "learned_term": (True, False),  # step_multiplier > 0 or == 0 ("nominal only")
+}
+
+#: Multipliers large enough that every MLP output changes the step by O(1) relative amounts
+#: (with the defaults 1e-3, exp(1e-3 m) ~ 1 would hide a wrong m, n or r).
+SENSITIVE = dict(magnitude_multiplier=0.5, alpha=1e-2)
+CONTROLLER_MULTIPLIER = 0.7
+
+
+def star_kwargs(combo: dict) -> dict:
+    """STAR constructor arguments for one row of the switch table (one place per switch)."""
+    kw = dict(SENSITIVE, nominal=combo["nominal"], precondition=combo["precondition"])
+    kw.update(
+        {
+            "off": dict(weight_decay=0.0),
+            "scaled": dict(weight_decay=0.5, decay_mode="scaled"),
+            "raw": dict(weight_decay=0.02, decay_mode="raw"),
+        }[combo["weight_decay"]]
+    )
+    for name in ("nominal_controller", "regularization_controller"):
+        if combo[name] != "off":
+            kw[name] = True
+            kw[f"{name}_aggregation"] = combo[name]
+            kw[f"{name}_multiplier"] = CONTROLLER_MULTIPLIER
+    kw["step_multiplier"] = 1e-3 if combo["learned_term"] else 0.0
+    return kw
+
+
+def all_combinations() -> list[dict]:
+    names = list(SWITCHES)
+    return [dict(zip(names, vals, strict=True)) for vals in itertools.product(*SWITCHES.values())]
+
+
+def pairwise_combinations() -> list[dict]:
+    """A small set of rows in which every pair of values of any two switches occurs.
+
+    Greedy and deterministic: repeatedly take the first row of the full product that covers
+    the most pairs not yet covered.
+    """
+    names = list(SWITCHES)
+    pairs = lambda row: {
+        ((a, row[a]), (b, row[b])) for a, b in itertools.combinations(names, 2)
+    }
+    candidates = all_combinations()
+    uncovered = set().union(*(pairs(r) for r in candidates))
+    chosen = []
+    while uncovered:
+        best = max(candidates, key=lambda r: len(pairs(r) & uncovered))
+        chosen.append(best)
+        uncovered -= pairs(best)
+    return chosen
+
+
+def combo_id(combo: dict) -> str:
+    return "-".join(str(v) for v in combo.values())
+
+
+# -- shared fixtures ------------------------------------------------------------------------
+
+
+def random_theta(opt, seed: int):
+    """Random meta-parameters with the structure of ``opt.init``: weights N(0, 1/fan_in) at
+    full output scale, non-zero biases, decay offsets around 0 (decays away from the defaults)."""
+    rng = np.random.default_rng(seed)
+    template = opt.init(jax.random.PRNGKey(0))
+    mlp = {}
+    for name, w in template["mlp"].items():
+        if name.startswith("w"):
+            mlp[name] = rng.standard_normal(w.shape) / np.sqrt(w.shape[0])
+        else:
+            mlp[name] = 0.3 * rng.standard_normal(w.shape)
+    decays = {k: 0.1 * rng.standard_normal(np.shape(v)) for k, v in template["decays"].items()}
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), {"mlp": mlp, "decays": decays})
+
+
+def problem(seed: int = 0):
+    """Initial parameters and ``STEPS`` gradient lists (one slice of the matrix always zero:
+    a dead unit, so the 1e-30 epsilons of the factored statistics matter)."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES.values()]
+    grads = []
+    for _ in range(STEPS):
+        gs = [
+            (GRAD_SCALES[k] * rng.standard_normal(s)).astype(np.float32)
+            for k, s in SHAPES.items()
+        ]
+        gs[2][:, 0] = 0.0
+        grads.append(gs)
+    return params, grads
+
+
+def magnitude(ref: ReferenceOptimizer, leaf: dict) -> np.ndarray:
+    """Per coordinate, the largest summand of the step with every cancellation removed.
+
+    Float32 errors are relative to the magnitudes of what is added up, not to a possibly
+    cancelling sum: the summands are recomputed by the reference from absolute values (``|m_i|``
+    inside the mean of the momenta, ``|g|``, ``|p|``), and the MLP output ``d`` becomes
+    ``|d| + 1`` because it is itself a sum of O(1) terms whose absolute error does not shrink
+    when ``d`` is small.
+    """
+    shape = leaf["p"].shape
+    outs = {n: leaf["outputs"][:, k].reshape(shape) for k, n in enumerate(ref.output_names())}
+    outs["d"] = np.abs(outs["d"]) + 1.0
+    acc = {"m": np.abs(leaf["acc"]["m"]), "v": leaf["acc"]["v"]}
+    terms = ref.terms(outs, np.abs(leaf["p"]), np.abs(leaf["g"]), acc)
+    return np.max([np.abs(t) for t in terms.values()], axis=0)
+
+
+#: float32 agreement, relative to ``magnitude`` (measured worst case over these tests ~1e-5;
+#: the decays' ``1 - beta`` alone carry ~3e-5 relative rounding error in float32).
+RTOL = 2e-4
+
+
+def assert_close_to_reference(opt, kind: str, theta, seed: int = 0):
+    """Run the JAX update and the reference side by side for ``STEPS`` steps (each on its own
+    trajectory) and compare every step's parameter change and the final accumulators."""
+    params, grads = problem(seed)
+    ref = ReferenceOptimizer(kind, opt.config())
+    theta_np = jax.tree.map(np.asarray, theta)
+    r_params, r_state = list(params), ref.init_state(params)
+    j_params = [jnp.asarray(p) for p in params]
+    j_state = opt.init_state(theta, j_params)
+    deltas = jax.jit(opt.deltas)
+    drift = [np.zeros(np.shape(p)) for p in params]  # accumulated per-step tolerances
+    for t, gs in enumerate(grads):
+        j_delta, j_state = deltas(theta, j_state, [jnp.asarray(g) for g in gs], j_params)
+        r_params, r_state, info = ref.step(theta_np, r_state, gs, r_params)
+        for i, name in enumerate(SHAPES):
+            want = info[i]["delta"]
+            assert np.max(np.abs(want)) > 0, (name, t)
+            got = np.asarray(j_delta[i], np.float64).reshape(want.shape)
+            err = np.abs(got - want)
+            tol = RTOL * magnitude(ref, info[i])
+            bad = err > tol
+            drift[i] = drift[i] + tol.reshape(drift[i].shape) + 1e-7 * np.abs(r_params[i])
+            assert not bad.any(), (
+                f"{name} at step {t}: {bad.sum()} coordinates differ, e.g. {got[bad][:3]} "
+                f"vs reference {want[bad][:3]}"
+            )
+        j_params = [p + d for p, d in zip(j_params, j_delta, strict=True)]
+    for i, name in enumerate(SHAPES):
+        # the two trajectories differ by at most the per-step tolerances added up
+        assert np.all(np.abs(np.asarray(j_params[i]) - r_params[i]) <= drift[i]), name
+        leaf, r_leaf = j_state.leaves[i], r_state["leaves"][i]
+        np.testing.assert_allclose(leaf.m, r_leaf["m"], rtol=2e-4, atol=1e-9, err_msg=name)
+        np.testing.assert_allclose(leaf.v, r_leaf["v"], rtol=2e-4, atol=1e-12, err_msg=name)
+    assert int(j_state.step) == r_state["t"] == STEPS
+
+
+# -- the tests --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hidden_sizes", [(4, 4), (5,)], ids=["4x4", "5"])
+def test_blackbox_update_matches_reference(hidden_sizes):
+    opt = Blackbox(hidden_sizes=hidden_sizes)
+    assert_close_to_reference(opt, "blackbox", random_theta(opt, 1))
+
+
+def test_blackbox_with_large_magnitude_multiplier_matches_reference():
+    opt = Blackbox(magnitude_multiplier=0.5, step_multiplier=1e-2)
+    assert_close_to_reference(opt, "blackbox", random_theta(opt, 2), seed=1)
+
+
+def test_default_star_matches_reference():
+    """Product defaults: nominal Adam-AggMo 1e-3, preconditioned learned term 1e-4, w = 0.1."""
+    opt = STAR()
+    assert_close_to_reference(opt, "star", random_theta(opt, 3))
+
+
+@pytest.mark.parametrize("combo", pairwise_combinations(), ids=combo_id)
+def test_star_switch_combinations_match_reference(combo):
+    opt = STAR(**star_kwargs(combo))
+    assert_close_to_reference(opt, "star", random_theta(opt, 4), seed=2)
+
+
+def test_pairwise_table_covers_every_pair_and_stays_small():
+    rows = pairwise_combinations()
+    names = list(SWITCHES)
+    for a, b in itertools.combinations(names, 2):
+        seen = {(r[a], r[b]) for r in rows}
+        assert seen == set(itertools.product(SWITCHES[a], SWITCHES[b])), (a, b)
+    assert len(rows) <= 25
+
+
+@pytest.mark.parametrize("learned_term", [True, False])
+def test_every_switch_combination_turns_outputs_into_the_reference_step(learned_term):
+    """The full product of the switch table for ``leaf_delta``, the only switch-dependent part
+    of the update: the reference's MLP outputs and accumulators (after 3 steps, with random
+    full-scale theta) give the reference's step in every combination.
+
+    Eager and uncompiled, so all 648 combinations (of today's switches) take seconds; the
+    features and the MLP are covered end to end by the tests above. The outputs and
+    accumulators do not depend on the switches, only on how many outputs there are, so they
+    are computed once per count.
+    """
+    params, grads = problem(3)
+    combos = [c for c in all_combinations() if c["learned_term"] == learned_term]
+    assert 2 * len(combos) == len(all_combinations()) >= 648
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    runs = {}
+    for combo in combos:
+        opt = STAR(**star_kwargs(combo))
+        ref = ReferenceOptimizer("star", opt.config())
+        if opt.num_outputs not in runs:
+            theta = jax.tree.map(np.asarray, random_theta(opt, opt.num_outputs))
+            state, p = ref.init_state(params), params
+            for gs in grads[:3]:
+                p, state, info = ref.step(theta, state, gs, p)
+            runs[opt.num_outputs] = info
+        for i, name in enumerate(SHAPES):
+            leaf = runs[opt.num_outputs][i]
+            outs = {n: leaf["outputs"][:, k].reshape(leaf["p"].shape)
+                    for k, n in enumerate(ref.output_names())}
+            terms = ref.terms(outs, leaf["p"], leaf["g"], leaf["acc"])
+            want = sum(terms.values())
+            st = LeafState(m=f32(leaf["acc"]["m"]), v=f32(leaf["acc"]["v"]),
+                           row=jnp.zeros(0), col=jnp.zeros(0))  # STAR reads m and v only
+            got = opt.leaf_delta([f32(o) for o in outs.values()], f32(leaf["p"]),
+                                 f32(leaf["g"]), st)
+            err = np.abs(np.asarray(got, np.float64) - want)
+            # same inputs on both sides: only float32 rounding of the step itself remains
+            assert np.all(err <= 1e-5 * magnitude(ref, leaf)), f"{combo_id(combo)} {name}"
+    assert len(runs) >= 3  # no controller, one, both
+
+
+def test_reference_refuses_unknown_switches():
+    """A switch the reference does not implement must fail loudly, never be ignored."""
+    with pytest.raises(KeyError, match="new_switch"):
+        ReferenceOptimizer("star", {**STAR().config(), "new_switch": True})
+    with pytest.raises(KeyError, match="nominal"):
+        ReferenceOptimizer("blackbox", STAR().config())
+    for opt, kind in ((STAR(), "star"), (Blackbox(), "blackbox")):
+        assert set(opt.config()) == CONFIG_KEYS[kind]
+
+
+def test_switch_table_lists_every_switch():
+    """Every boolean or string field of STAR is a row of ``SWITCHES`` (or set by one)."""
+    covered = set(SWITCHES) | {"decay_mode"} | {
+        f"{c}_aggregation" for c in ("nominal_controller", "regularization_controller")
+    }
+    switches = {k for k, v in STAR().config().items() if isinstance(v, bool | str)}
+    assert switches <= covered, switches - covered
