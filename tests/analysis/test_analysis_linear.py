@@ -148,6 +148,27 @@ def test_adam_frozen_is_invariant_to_loss_rescaling(beta):
     )
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.9])
+def test_adam_frozen_matches_its_recursion(beta):
+    """Frozen-preconditioner Adam simulated directly: ``m' = beta m + (1 - beta) g``,
+    ``phi' = (1 - gamma) phi - alpha m' / sqrt(v + eps)``, against ``x' = A x + B mu``."""
+    rng = np.random.default_rng(6)
+    H, _ = _random_hessian(rng, 3)
+    v, alpha, eps, gamma = rng.uniform(0.1, 3.0, 3), 0.2, 1e-3, 0.05
+    dyn = L.with_weight_decay(L.adam_frozen(H, alpha, v, beta=beta, eps=eps), gamma)
+    phi, m = rng.standard_normal(3), np.zeros(3)
+    x = np.concatenate([phi, m]) if beta else phi.copy()
+    for _ in range(15):
+        mu = rng.standard_normal(3)
+        g = H @ (phi - mu)
+        m = beta * m + (1 - beta) * g
+        phi = (1 - gamma) * phi - alpha * m / np.sqrt(v + eps)
+        x = dyn.A @ x + dyn.B @ mu
+    np.testing.assert_allclose(x[:3], phi, rtol=1e-10, atol=1e-12)
+    if beta:
+        np.testing.assert_allclose(x[3:], m, rtol=1e-10, atol=1e-12)
+
+
 def test_adam_frozen_equals_preconditioned_gd():
     H = np.diag([1.0, 4.0])
     v = np.array([4.0, 16.0])
