@@ -2,10 +2,15 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import lopt
 from lopt.cli.main import main
+from lopt.optimizers import STAR, Blackbox
+from reference.adafactor_mlp_reference import ReferenceOptimizer
 
 
 def read_metrics(out):
@@ -133,26 +138,97 @@ def test_optimizer_path_uses_the_files_weights_and_records_them(tmp_path):
     assert cfg["optimizer_resolved"]["config"]["alpha"] == 0.05
 
 
+def reference_losses(task_name: str, seed: int, steps: int, kind: str, config: dict, theta):
+    """Training losses of the NumPy reference optimizer on the task ``lopt train`` builds.
+
+    Mirrors how the command derives its randomness from ``--seed`` (task draw, init, then one
+    batch key per step, ``fold_in(data_key, step)``), so the records can be compared step by
+    step. Gradients come from ``jax.grad`` of the task's loss.
+    """
+    from lopt.tasks import get, sample_task
+
+    k_task, k_init, k_data, _ = jax.random.split(jax.random.key(seed), 4)
+    task = sample_task(get(task_name), k_task)
+    leaves, treedef = jax.tree.flatten(task.init(k_init))
+    ref = ReferenceOptimizer(kind, config)
+    theta = jax.tree.map(np.asarray, theta)
+    value_and_grad = jax.jit(jax.value_and_grad(task.loss))
+    params = [np.asarray(x, np.float64) for x in leaves]
+    state, losses = ref.init_state(params), []
+    for step in range(steps):
+        batch = task.sample_batch(jax.random.fold_in(k_data, step))
+        p32 = jax.tree.unflatten(treedef, [jnp.asarray(x, jnp.float32) for x in params])
+        loss, grads = value_and_grad(p32, batch)
+        losses.append(float(loss))
+        grads = [np.asarray(g) for g in jax.tree.leaves(grads)]
+        params, state, _ = ref.step(theta, state, grads, params)
+    return np.array(losses)
+
+
+def assert_records_match(out, losses, log_every):
+    recs = read_metrics(out)
+    assert [r["step"] for r in recs] == list(range(0, len(losses) + 1, log_every))
+    assert recs[0]["loss"] == pytest.approx(losses[0], rel=1e-5)
+    for r in recs[1:]:
+        s = r["step"]
+        assert r["last_loss"] == pytest.approx(losses[s - 1], rel=1e-5), s
+        assert r["loss"] == pytest.approx(losses[s - log_every : s].mean(), rel=1e-5), s
+    # the loss moved 10x beyond the tolerance (the blackbox at meta-init moves it least, by
+    # ~1.6e-4): a run that did not apply the optimizer's steps would not match
+    assert abs(losses[-1] - losses[0]) > 1e-4 * abs(losses[0])
+
+
+def random_theta(opt, seed):
+    """Random meta-parameters (a trained optimizer is not at its initialization)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda x: jnp.asarray(0.5 * rng.standard_normal(np.shape(x)), jnp.float32),
+        opt.init(jax.random.key(0)),
+    )
+
+
+def test_optimizer_path_runs_the_saved_optimizer(tmp_path):
+    """A saved file's switches and meta-parameters are both used (checked by the reference)."""
+    opt = Blackbox(step_multiplier=1e-2, magnitude_multiplier=0.5)
+    theta = random_theta(opt, 0)
+    path = lopt.save_meta_params(tmp_path / "theta.safetensors", theta, opt)
+    out = tmp_path / "run"
+    assert train(out, "--task", "quadratic", "--optimizer", str(path), "--steps", "20",
+                 "--log-every", "5") == 0
+    expected = reference_losses("quadratic", 0, 20, "blackbox", opt.config(), theta)
+    assert_records_match(out, expected, 5)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["optimizer_kind"] == "path" and cfg["lr"] is None
+
+
+def test_saved_linear_star_trains_exactly_like_sgd(tmp_path):
+    """STAR with the SGD nominal term alone is SGD: loaded from a file it must reproduce
+    ``--optimizer sgd`` with the same step (no reference needed)."""
+    opt = STAR(nominal="sgd", alpha=0.1, step_multiplier=0.0, weight_decay=0.0)
+    path = lopt.save_meta_params(tmp_path / "theta.safetensors", opt.init(jax.random.key(0)), opt)
+    args = ["--task", "quadratic", "--steps", "20", "--seed", "2"]
+    assert train(tmp_path / "star", *args, "--optimizer", str(path)) == 0
+    assert train(tmp_path / "sgd", *args, "--optimizer", "sgd", "--lr", "0.1") == 0
+    star, sgd = read_metrics(tmp_path / "star"), read_metrics(tmp_path / "sgd")
+    assert [r["step"] for r in star] == [r["step"] for r in sgd]
+    for a, b in zip(star, sgd, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert sgd[-1]["loss"] < 0.9 * sgd[0]["loss"]
+
+
 @pytest.mark.parametrize("name", ["star", "blackbox"])
 def test_learned_optimizers_by_name(tmp_path, name):
+    """``--optimizer star|blackbox`` trains with that optimizer's shipped (or meta-init)
+    weights: the records equal the reference optimizer's losses step by step."""
+    from lopt.optimizers.pretrained import resolve
+
     out = tmp_path / name
-    assert train(out, "--task", "quadratic", "--optimizer", name, "--steps", "20") == 0
-    recs = read_metrics(out)
-    assert recs[-1]["step"] == 20 and all(r["loss"] is not None for r in recs)
+    assert train(out, "--task", "quadratic", "--optimizer", name, "--steps", "20",
+                 "--log-every", "5") == 0
+    theta, opt = resolve(name)
+    assert_records_match(out, reference_losses("quadratic", 0, 20, name, opt.config(), theta), 5)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["optimizer_kind"] == "learned" and cfg["lr"] is None
-
-
-def test_saved_star_meta_params_by_path(tmp_path):
-    import jax
-
-    from lopt.optimizers import STAR
-
-    opt = STAR()
-    path = lopt.save_meta_params(tmp_path / "theta.safetensors", opt.init(jax.random.key(0)), opt)
-    out = tmp_path / "run"
-    assert train(out, "--task", "quadratic", "--optimizer", str(path), "--steps", "20") == 0
-    assert json.loads((out / "config.json").read_text())["optimizer_kind"] == "path"
 
 
 def test_corrupt_meta_params_file_is_a_usage_error(tmp_path, capsys):
