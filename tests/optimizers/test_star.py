@@ -344,3 +344,39 @@ def test_star_learned_term_starts_small():
     assert STAR(output_init_scale=1.0).init(KEY)["mlp"]["w2"].tolist() == bb["mlp"]["w2"].tolist()
     with pytest.raises(ValueError, match="output_init_scale"):
         STAR(output_init_scale=-1.0)
+
+
+def _theta_reading_gradient(opt, out_index, c):
+    """Meta-parameters whose output ``out_index`` is ``c * relu(g / rms(g))`` and every other
+    output is 0: one path g -> hidden 0 -> hidden 0 -> output, all other weights zero."""
+    theta = jax.tree.map(jnp.zeros_like, opt.init(KEY))
+    mlp = dict(theta["mlp"])
+    mlp["w0"] = mlp["w0"].at[0, 0].set(1.0)  # input 0 is the gradient feature
+    mlp["w1"] = mlp["w1"].at[0, 0].set(1.0)
+    mlp["w2"] = mlp["w2"].at[0, out_index].set(c)
+    return {**theta, "mlp": mlp}
+
+
+@pytest.mark.parametrize("aggregation", ["coordinate", "tensor"])
+@pytest.mark.parametrize("controller", ["nominal", "regularization"])
+def test_controller_output_varying_per_coordinate_by_hand(controller, aggregation):
+    """A controller output that differs between coordinates: per coordinate it scales each
+    coordinate's step by its own ``exp(lambda n_i)``, per tensor by ``exp(lambda mean(n))``."""
+    lam, c = 0.8, 1.5
+    base = dict(step_multiplier=0.0, **{f"{controller}_controller": True,
+                                        f"{controller}_controller_multiplier": lam,
+                                        f"{controller}_controller_aggregation": aggregation})
+    if controller == "nominal":
+        opt = STAR(nominal="sgd", alpha=0.1, weight_decay=0.0, **base)
+    else:
+        opt = STAR(nominal="none", weight_decay=0.2, decay_mode="raw", **base)
+    theta = _theta_reading_gradient(opt, 2, c)
+    g = jnp.array([[0.5, -1.0, 2.0], [0.1, 0.0, 3.0]])
+    p = jnp.array([[1.0, 2.0, -1.0], [0.5, -3.0, 4.0]])
+    d, _ = opt.deltas(theta, opt.init_state(theta, p), g, p)
+    gn = np.asarray(g, np.float64)
+    out = c * np.maximum(gn / np.sqrt(np.mean(gn**2) + 1e-5), 0.0)  # varies per coordinate
+    scale = np.exp(lam * (out.mean() if aggregation == "tensor" else out))
+    expected = -0.1 * scale * gn if controller == "nominal" else -0.2 * scale * np.asarray(p)
+    np.testing.assert_allclose(d, expected, rtol=1e-5)
+    assert np.ptp(out) > 1.0  # the output really differs between coordinates
