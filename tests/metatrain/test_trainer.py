@@ -7,6 +7,7 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -94,6 +95,14 @@ def test_outputs_and_learning(tmp_path, momentum_lo, quad_family):
     # lr exp(-2) with momentum is slow on this quadratic: meta-training must speed it up
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     assert out["best"]["eval_loss"] == min(e["eval_loss"] for e in evals)
+    # best.safetensors holds the theta that scored the best evaluation: evaluating it again
+    # (same fixed tasks and keys) gives exactly that score; theta.safetensors is the final theta
+    assert out["best"]["outer_step"] > 0
+    best = dict(np.load(d / "best.safetensors.npz"))
+    assert t.evaluate(best)["eval_loss"] == pytest.approx(out["best"]["eval_loss"], rel=1e-6)
+    final = dict(np.load(d / "theta.safetensors.npz"))
+    for k in out["theta"]:
+        np.testing.assert_array_equal(final[k], np.asarray(out["theta"][k]))
     # running again without --resume refuses to overwrite
     with pytest.raises(FileExistsError):
         trainer(tmp_path, momentum_lo, quad_family, "run").run()
@@ -135,3 +144,39 @@ def test_exception_in_callback_checkpoints(tmp_path, momentum_lo, quad_family):
     _, meta = load_checkpoint(tmp_path / "k" / "checkpoint.safetensors",
                               {**t.init_state(), "key": t.key_loop})
     assert meta["outer_step"] == 1
+
+
+class PoisonedEstimator:
+    """Wraps a real estimator; every estimate it returns is replaced by ``grad`` with
+    ``valid_pairs`` valid pairs (everything else delegates to the real one)."""
+
+    def __init__(self, inner, grad: float, valid_pairs: int):
+        self.inner, self.grad, self.valid_pairs = inner, grad, valid_pairs
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, theta, est_state, key):
+        g, est_state, diag = self.inner.step(theta, est_state, key)
+        g = jax.tree.map(lambda x: jnp.full_like(x, self.grad), g)
+        return g, est_state, dict(diag, valid_pairs=jnp.int32(self.valid_pairs))
+
+
+@pytest.mark.parametrize(
+    "grad,valid_pairs", [(np.nan, 8), (0.5, 0)], ids=["non-finite", "no-valid-pair"]
+)
+def test_non_finite_or_empty_estimates_never_move_theta(tmp_path, momentum_lo, quad_family,
+                                                        grad, valid_pairs):
+    """A non-finite estimate, or one backed by no valid pair, is skipped and flagged: theta
+    and the outer Adam state (its step count too) stay exactly at their initial values."""
+    t = trainer(tmp_path, momentum_lo, quad_family, "p", outer_steps=3, eval_every=0)
+    t.estimator = PoisonedEstimator(t.estimator, grad, valid_pairs)
+    out = t.run()
+    init = t.init_state()
+    for k in init["theta"]:
+        np.testing.assert_array_equal(np.asarray(out["theta"][k]), np.asarray(init["theta"][k]))
+    assert [r["skipped_update"] for r in read_metrics(tmp_path / "p")] == [True] * 3
+    from lopt.metatrain.checkpoint import load_checkpoint
+
+    saved, _ = load_checkpoint(tmp_path / "p" / "checkpoint.pkl", {**init, "key": t.key_loop})
+    jax.tree.map(np.testing.assert_array_equal, saved["opt_state"], init["opt_state"])

@@ -44,6 +44,23 @@ def test_mnist1d_offline_cached_and_deterministic(no_network, tmp_path, monkeypa
     np.testing.assert_array_equal(ds.x_test, fresh.x_test)
 
 
+def test_mnist1d_cache_is_read_back(tmp_path, monkeypatch):
+    """Generation is deterministic, so equal arrays cannot tell a cache hit from regenerating:
+    a valid cache file with altered contents must be returned as it is."""
+    monkeypatch.setenv("LOPT_CACHE", str(tmp_path))
+    ds = data.load_mnist1d.__wrapped__(num_samples=100, seed=3)
+    (path,) = (tmp_path / "mnist1d").glob("*.npz")
+    with np.load(path) as cached:
+        arrays = {k: cached[k] for k in cached.files}
+    arrays["x"] = arrays["x"] + 1.0
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    again = data.load_mnist1d.__wrapped__(num_samples=100, seed=3)
+    np.testing.assert_array_equal(again.x_train, ds.x_train + 1.0)
+    fresh = data.load_mnist1d.__wrapped__(num_samples=100, seed=3, use_cache=False)
+    np.testing.assert_array_equal(fresh.x_train, ds.x_train)  # without the cache: regenerated
+
+
 def test_mnist1d_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("LOPT_CACHE", str(tmp_path))
     ds = data.load_mnist1d.__wrapped__(num_samples=100, seed=1)
