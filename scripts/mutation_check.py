@@ -1,0 +1,316 @@
+"""Mutation check: do the fast tests fail on deliberately wrong code?
+
+Each entry of ``MUTATIONS`` is one small semantic bug in ``src/lopt`` (an exact text
+replacement) and the tests that must catch it. For every mutation the source tree is copied to a
+temporary folder, the bug is put into the copy (never into the real files), the tests of this
+checkout run against the copy (``PYTHONPATH=<copy>/src``), and the outcome is recorded: *caught*
+(a test failed), *MISSED* (all passed) or *ERROR* (pytest could not run). An unmutated copy is
+checked first: its tests must pass, or every "caught" would mean nothing.
+
+    python scripts/mutation_check.py                 # every mutation, its targeted tests
+    python scripts/mutation_check.py --list          # the mutations and their tests
+    python scripts/mutation_check.py --only star-aggregate-identity mlp-no-rms
+    python scripts/mutation_check.py --full-suite    # the whole fast suite per mutation (slow)
+    python scripts/mutation_check.py --full-suite --tests-root OLD  # what older tests miss
+
+Exit status 0 only if every mutation was caught. Meant for developers, not CI: it takes
+several minutes (each mutation compiles its tests' JAX programs afresh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    id: str
+    description: str
+    file: str  # relative to src/lopt
+    edits: tuple[tuple[str, str], ...]  # (exact text, replacement); each text occurs once
+    tests: tuple[str, ...]  # pytest targets relative to the repository root
+
+
+REFERENCE = "tests/optimizers/test_update_vs_reference.py"
+ESTIMATORS = "tests/metatrain/test_estimators.py"
+TRAINER = "tests/metatrain/test_trainer.py"
+
+MUTATIONS = (
+    # 1. the learned step
+    Mutation(
+        "mlp-no-rms", "features are not divided by their RMS", "optimizers/mlp.py",
+        (("coef = w0[:n_ch] / rms[:, None]", "coef = w0[:n_ch] + 0.0 * rms[:, None]"),),
+        (REFERENCE,),
+    ),
+    Mutation(
+        "mlp-no-time-features", "the 11 time features are dropped", "optimizers/mlp.py",
+        (('bias = mlp["b0"] + global_inputs @ w0[n_ch:]',
+          'bias = mlp["b0"] + 0.0 * (global_inputs @ w0[n_ch:])'),),
+        (REFERENCE,),
+    ),
+    Mutation(
+        "features-swap-g-p", "the g and p channels are swapped", "optimizers/features.py",
+        (("channels = [g, p, st.m[0]", "channels = [p, g, st.m[0]"),),
+        (REFERENCE,),
+    ),
+    Mutation(
+        "features-drop-row-factor", "the factored gradient lacks the row factor",
+        "optimizers/features.py",
+        (("fac_g = g[None] * row_factor * col_factor", "fac_g = g[None] * col_factor"),),
+        (REFERENCE,),
+    ),
+    Mutation(
+        "features-rms-eps", "feature normalization epsilon 1e-5 -> 1e-3", "optimizers/features.py",
+        (("RMS_EPS = 1e-5", "RMS_EPS = 1e-3"),),
+        ("tests/optimizers/test_features.py",),
+    ),
+    # beyond the issue: more of what only the reference can see
+    Mutation(
+        "features-momenta-reversed", "the three momentum channels in reverse order",
+        "optimizers/features.py",
+        (("channels = [g, p, st.m[0], st.m[1], st.m[2], st.v]",
+          "channels = [g, p, st.m[2], st.m[1], st.m[0], st.v]"),),
+        (REFERENCE,),
+    ),
+    Mutation(
+        "time-features-shifted", "time features use t + 1 (updates done after this one)",
+        "optimizers/learned.py",
+        (("tfeat = time_features(state.step)", "tfeat = time_features(state.step + 1)"),),
+        (REFERENCE,),
+    ),
+    Mutation(
+        "decay-offset-scale", "decays move by theta instead of 10 theta", "optimizers/features.py",
+        (("jnp.log(base) + 10.0 * theta", "jnp.log(base) + 1.0 * theta"),),
+        (REFERENCE,),
+    ),
+    Mutation(
+        "adam-eps", "1/sqrt(v + 1e-6) uses 1e-8", "optimizers/features.py",
+        (("ADAM_EPS = 1e-6", "ADAM_EPS = 1e-8"),),
+        (REFERENCE,),
+    ),
+    Mutation(
+        "star-unused-n-not-skipped",
+        "with the nominal term off, r is read from the nominal controller's output",
+        "optimizers/star.py",
+        (("        elif self.nominal_controller:\n            next(extra)\n", ""),),
+        (REFERENCE,),
+    ),
+    # 2. stability of the learned optimizers
+    Mutation(
+        "star-ascent-no-learned",
+        "default STAR ascends (Adam-AggMo direction negated); learned step forced to 0",
+        "optimizers/star.py",
+        (("return mean_m * rsqrt_v", "return -mean_m * rsqrt_v"),
+         ("if self.step_multiplier > 0:", "if False:")),
+        ("tests/analysis/test_analysis_learned.py",),
+    ),
+    # 3. front-ends on the blackbox
+    Mutation(
+        "frontend-blackbox-is-star", "lopt.blackbox() is STAR at meta-init",
+        "optimizers/pretrained.py",
+        (('theta, opt = resolve("blackbox", theta)', 'theta, opt = resolve("star", None)'),),
+        ("tests/optimizers/test_optax_frontend.py",),
+    ),
+    Mutation(
+        "train-cli-ignores-optimizer", "lopt train runs STAR whichever learned optimizer is named",
+        "cli/train.py",
+        (("tx = getattr(lopt, args.optimizer)()", "tx = lopt.star()"),),
+        ("tests/cli/test_train_cli.py",),
+    ),
+    Mutation(
+        "load-ignores-config", "a meta-parameter file's switches are ignored on loading",
+        "optimizers/io.py",
+        (('optimizer = kinds[kind].from_config(json.loads(meta["config"]))',
+          "optimizer = kinds[kind]()"),),
+        ("tests/cli/test_train_cli.py",),
+    ),
+    Mutation(
+        "train-cli-path-ignores-theta", "lopt train uses meta-init theta, not the file's",
+        "cli/train.py",
+        (("tx = opt.as_optax(theta)",
+          'tx = opt.as_optax(opt.init(__import__("jax").random.PRNGKey(0)))'),),
+        ("tests/cli/test_train_cli.py",),
+    ),
+    # 4. per-tensor controllers
+    Mutation(
+        "star-aggregate-identity", "per-tensor controllers act per coordinate",
+        "optimizers/star.py",
+        (('return jnp.mean(x) if how == "tensor" else x', "return x"),),
+        ("tests/optimizers/test_star.py",),
+    ),
+    # 5. non-finite pairs
+    Mutation(
+        "estimator-mean-over-all-slots", "dropped pairs count as zeros in the mean",
+        "metatrain/estimators.py",
+        (("x / jnp.maximum(valid, 1).astype(x.dtype)", "x / self.config.num_slots"),),
+        (ESTIMATORS,),
+    ),
+    # 6. truncated and non-antithetic ES/PES
+    Mutation(
+        "es-no-resync", "truncated ES does not restart the pair from the positive member",
+        "metatrain/estimators.py",
+        (("sync = lambda x: jnp.broadcast_to(x[:, :1], x.shape)", "sync = lambda x: x"),),
+        (ESTIMATORS,),
+    ),
+    Mutation(
+        "es-non-antithetic-sign", "the non-antithetic coefficient has the wrong sign",
+        "metatrain/estimators.py",
+        (("coef = meta_loss[:, 0] / sigma**2", "coef = -meta_loss[:, 0] / sigma**2"),),
+        (ESTIMATORS,),
+    ),
+    Mutation(
+        "unroll-same-batches", "every truncation repeats the same batches", "metatrain/unroll.py",
+        (("fold_in(run_key, step0 + t)", "fold_in(run_key, t)"),),
+        (ESTIMATORS,),
+    ),
+    # 7. trainer
+    Mutation(
+        "trainer-never-skips", "every outer update is applied, non-finite or empty ones too",
+        "metatrain/trainer.py",
+        (('ok = (diag["valid_pairs"] > 0) & jnp.isfinite(grad_norm)', "ok = jnp.bool_(True)"),),
+        (TRAINER,),
+    ),
+    Mutation(
+        "trainer-best-is-zeros", "best.safetensors holds zeros", "metatrain/trainer.py",
+        (('self.out / "best.safetensors",\n                    state["theta"],',
+          'self.out / "best.safetensors",\n'
+          '                    jax.tree.map(jnp.zeros_like, state["theta"]),'),),
+        (TRAINER,),
+    ),
+    # 8. MNIST-1D cache
+    Mutation(
+        "mnist1d-cache-never-read", "the MNIST-1D cache is written but never read",
+        "tasks/data/mnist1d.py",
+        (("arrays = load_npz(path) if use_cache else None", "arrays = None"),),
+        ("tests/tasks/test_data.py",),
+    ),
+    # 9. frozen-preconditioner Adam with momentum
+    Mutation(
+        "adam-frozen-heavy-ball-gains", "Adam's EMA gain (1 - beta) becomes heavy-ball gains",
+        "analysis/linear.py",
+        (("N = np.vstack([-alpha * (1.0 - beta) * P, (1.0 - beta) * eye])",
+          "N = np.vstack([-alpha * P, eye])"),),
+        ("tests/analysis/test_analysis_linear.py",),
+    ),
+)
+
+
+def copy_tree(dest: Path) -> Path:
+    """A copy of ``src/`` under ``dest``; returns the copy's ``src``."""
+    src = dest / "src"
+    shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return src
+
+
+def apply(mutation: Mutation, src: Path) -> None:
+    path = src / "lopt" / mutation.file
+    text = path.read_text()
+    for old, new in mutation.edits:
+        count = text.count(old)
+        if count != 1:
+            raise SystemExit(
+                f"{mutation.id}: the text to mutate occurs {count} times in {mutation.file} "
+                "(the source changed: update the mutation)"
+            )
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+def run_tests(src: Path, targets, timeout: float, tests_root: Path = ROOT, workers: int = 0):
+    """``(returncode, seconds, summary line)`` of pytest on ``targets`` with lopt from ``src``."""
+    env = dict(os.environ, PYTHONPATH=str(src), MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
+    parallel = ["-n", str(workers)] if workers else ["-p", "no:xdist", "-x"]
+    cmd = [sys.executable, "-m", "pytest", *parallel, "-p", "no:cacheprovider", "-q",
+           "--no-header", *targets]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=tests_root, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, time.perf_counter() - t0, "timeout"
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    failed = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
+    summary = (failed or lines or [proc.stderr[-200:]])[-1 if not failed else 0]
+    return proc.returncode, time.perf_counter() - t0, summary
+
+
+def check_import_path(src: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(src))
+    out = subprocess.run([sys.executable, "-c", "import lopt; print(lopt.__file__)"], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(out).resolve().is_relative_to(src.resolve()):
+        raise SystemExit(f"`import lopt` resolves to {out}, not to the copy {src}: an installed "
+                         "lopt shadows PYTHONPATH, so the check would test the wrong code")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--list", action="store_true", help="list the mutations and exit")
+    ap.add_argument("--only", nargs="+", metavar="ID", help="run these mutations only")
+    ap.add_argument("--full-suite", action="store_true",
+                    help="run the whole fast suite for each mutation instead of its tests")
+    ap.add_argument("--tests", nargs="+", metavar="TARGET",
+                    help="run these pytest targets for every mutation instead of its own")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per pytest run")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="pytest-xdist workers per run (default: one process, stop at the first "
+                         "failure)")
+    ap.add_argument("--tests-root", type=Path, default=ROOT,
+                    help="take the tests from this checkout instead (e.g. an older revision "
+                         "exported with `git archive`, to see which mutations its tests miss)")
+    args = ap.parse_args(argv)
+    chosen = list(MUTATIONS)
+    if args.only:
+        unknown = set(args.only) - {m.id for m in MUTATIONS}
+        if unknown:
+            ap.error(f"unknown mutation(s) {sorted(unknown)}; see --list")
+        chosen = [m for m in MUTATIONS if m.id in args.only]
+    if args.list:
+        for m in chosen:
+            print(f"{m.id:32s} {m.file:26s} {m.description}\n{'':32s} tests: {' '.join(m.tests)}")
+        return 0
+    targets_of = lambda m: ["tests"] if args.full_suite else list(args.tests or m.tests)
+
+    with tempfile.TemporaryDirectory(prefix="lopt-mutation-") as tmp:
+        base = copy_tree(Path(tmp) / "baseline")
+        check_import_path(base)
+        baseline_targets = sorted({t for m in chosen for t in targets_of(m)})
+        run = lambda src, targets: run_tests(src, targets, args.timeout, args.tests_root,
+                                             args.workers)
+        rc, secs, summary = run(base, baseline_targets)
+        print(f"baseline (unmutated copy): rc={rc} in {secs:.0f}s: {summary}", flush=True)
+        if rc != 0:
+            print("the tests fail without any mutation: fix that first", file=sys.stderr)
+            return 2
+        rows = []
+        for m in chosen:
+            src = copy_tree(Path(tmp) / m.id)
+            apply(m, src)
+            rc, secs, summary = run(src, targets_of(m))
+            result = {0: "MISSED", 1: "caught"}.get(rc, "ERROR")
+            rows.append((m, result, secs, summary))
+            print(f"{m.id:32s} {result:7s} {secs:5.0f}s  {summary}", flush=True)
+            shutil.rmtree(src.parent)
+
+    print("\n| mutation | file | what is wrong | result | seconds |")
+    print("|---|---|---|---|---|")
+    for m, result, secs, _ in rows:
+        print(f"| `{m.id}` | `{m.file}` | {m.description} | {result} | {secs:.0f} |")
+    missed = [m.id for m, result, _, _ in rows if result != "caught"]
+    print(f"\n{len(rows) - len(missed)}/{len(rows)} mutations caught"
+          + (f"; not caught: {', '.join(missed)}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
