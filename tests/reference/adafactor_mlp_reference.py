@@ -25,14 +25,15 @@ What it implements, per parameter tensor (scalars are treated as shape-(1,) tens
   ``sqrt(mean over the tensor of channel^2 + 1e-5)``;
 * 11 time features ``tanh(t / tau - 1)``, t = updates done before this one;
 * MLP ``39 -> hidden... -> outputs``, ReLU on hidden layers, linear output layer;
-* outputs ``[d, m]`` then ``n`` (if the nominal controller is on) then ``r`` (if the
-  regularization controller is on);
+* outputs ``[d, m]`` then ``n`` (if the nominal controller is on), ``r`` (if the
+  regularization controller is on) and ``c`` (if the step size controller is on);
 * Blackbox: ``phi <- phi - lambda_s d exp(lambda_0 m)``;
-* STAR: ``phi <- (1 - w_eff) phi - s_bb - s_nom`` with
+* STAR: ``phi <- (1 - w_eff) phi - k (s_bb + s_nom)`` with
   ``s_bb = lambda_s d exp(lambda_0 m) [/ sqrt(v + 1e-6)]``,
   ``s_nom = alpha exp(lambda_1 n) g_hat``,
-  ``w_eff = (alpha w if decay_mode == "scaled" else w) exp(lambda_2 r)``;
-  ``n`` / ``r`` are per coordinate or the mean over the tensor.
+  ``w_eff = (alpha k w if decay_mode == "scaled" else w) exp(lambda_2 r)``,
+  ``k = exp(R tanh(lambda_c c / R))`` (the learned step size; 1 when its switch is off);
+  ``n`` / ``r`` / ``c`` are per coordinate or the mean over the tensor.
 
 Every config key the reference accepts is listed in ``CONFIG_KEYS``; an unknown key raises, so a
 new switch added to the product cannot silently go untested.
@@ -71,6 +72,10 @@ CONFIG_KEYS = {
         "regularization_controller",
         "regularization_controller_multiplier",
         "regularization_controller_aggregation",
+        "step_size_controller",
+        "step_size_multiplier",
+        "step_size_range",
+        "step_size_aggregation",
     },
 }
 ACCUMULATOR_KEYS = {"momentum_decays", "rms_decay", "factored_decays"}
@@ -125,6 +130,8 @@ class ReferenceOptimizer:
             names.append("n")
         if self.kind == "star" and self.c["regularization_controller"]:
             names.append("r")
+        if self.kind == "star" and self.c["step_size_controller"]:
+            names.append("c")
         return names
 
     # -- state --------------------------------------------------------------------------
@@ -267,14 +274,21 @@ class ReferenceOptimizer:
         if c["nominal_controller"]:
             n = self.aggregate(outs["n"], c["nominal_controller_aggregation"])
             s_nom = s_nom * np.exp(c["nominal_controller_multiplier"] * n)
-        # switch: weight_decay, decay_mode (+ regularization controller)
-        w_eff = {"scaled": c["alpha"] * c["weight_decay"], "raw": c["weight_decay"]}[
+        # switch: step size controller: k = exp(R tanh(lambda_c c / R)) scales the whole step
+        k = 1.0
+        if c["step_size_controller"]:
+            cc = self.aggregate(outs["c"], c["step_size_aggregation"])
+            R = c["step_size_range"]
+            k = np.exp(R * np.tanh(c["step_size_multiplier"] * cc / R))
+        # switch: weight_decay, decay_mode (+ regularization controller); the scaled decay is
+        # a multiple of the step, so k scales it too
+        w_eff = {"scaled": c["alpha"] * k * c["weight_decay"], "raw": c["weight_decay"]}[
             c["decay_mode"]
         ]
         if c["regularization_controller"]:
             r = self.aggregate(outs["r"], c["regularization_controller_aggregation"])
             w_eff = w_eff * np.exp(c["regularization_controller_multiplier"] * r)
-        return {"learned": -s_bb, "nominal": -s_nom, "decay": -w_eff * p}
+        return {"learned": -k * s_bb, "nominal": -k * s_nom, "decay": -w_eff * p}
 
     @staticmethod
     def nominal_direction(kind: str, g, m, v) -> np.ndarray:
