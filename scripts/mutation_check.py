@@ -99,10 +99,19 @@ MUTATIONS = (
         (REFERENCE,),
     ),
     Mutation(
-        "star-unused-n-not-skipped",
-        "with the nominal term off, r is read from the nominal controller's output",
+        "star-controllers-swapped", "the nominal and regularization controllers swap outputs",
         "optimizers/star.py",
-        (("        elif self.nominal_controller:\n            next(extra)\n", ""),),
+        (("        n = next(extra) if self.nominal_controller else None\n"
+          "        r = next(extra) if self.regularization_controller else None\n",
+          "        r = next(extra) if self.regularization_controller else None\n"
+          "        n = next(extra) if self.nominal_controller else None\n"),),
+        (REFERENCE,),
+    ),
+    Mutation(
+        "step-size-not-on-scaled-decay", "the learned step size does not scale the scaled decay",
+        "optimizers/star.py",
+        (("            if k is not None and self.decay_mode == \"scaled\":\n"
+          "                w_eff = w_eff * k\n", ""),),
         (REFERENCE,),
     ),
     # 2. stability of the learned optimizers
@@ -123,8 +132,8 @@ MUTATIONS = (
     ),
     Mutation(
         "train-cli-ignores-optimizer", "lopt train runs STAR whichever learned optimizer is named",
-        "cli/train.py",
-        (("tx = getattr(lopt, args.optimizer)()", "tx = lopt.star()"),),
+        "training/optimizers.py",
+        (("theta, opt = resolve_learned(name)", 'theta, opt = resolve_learned("star")'),),
         ("tests/cli/test_train_cli.py",),
     ),
     Mutation(
@@ -136,9 +145,10 @@ MUTATIONS = (
     ),
     Mutation(
         "train-cli-path-ignores-theta", "lopt train uses meta-init theta, not the file's",
-        "cli/train.py",
-        (("tx = opt.as_optax(theta)",
-          'tx = opt.as_optax(opt.init(__import__("jax").random.PRNGKey(0)))'),),
+        "training/optimizers.py",
+        (("make_tx=lambda th: optimizer.as_optax(th),",
+          "make_tx=lambda th: optimizer.as_optax("
+          'optimizer.init(__import__("jax").random.PRNGKey(0))),'),),
         ("tests/cli/test_train_cli.py",),
     ),
     # 4. per-tensor controllers

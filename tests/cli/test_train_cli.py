@@ -141,13 +141,14 @@ def test_optimizer_path_uses_the_files_weights_and_records_them(tmp_path):
 def reference_losses(task_name: str, seed: int, steps: int, kind: str, config: dict, theta):
     """Training losses of the NumPy reference optimizer on the task ``lopt train`` builds.
 
-    Mirrors how the command derives its randomness from ``--seed`` (task draw, init, then one
-    batch key per step, ``fold_in(data_key, step)``), so the records can be compared step by
-    step. Gradients come from ``jax.grad`` of the task's loss.
+    Follows the documented key contract of ``lopt.training.loop`` (``k_task, k_init, k_data,
+    k_eval = split(PRNGKey(seed), 4)``, the batch of step ``t`` from ``fold_in(k_data, t)``),
+    so the records can be compared step by step. Gradients come from ``jax.grad`` of the task's
+    loss.
     """
     from lopt.tasks import get, sample_task
 
-    k_task, k_init, k_data, _ = jax.random.split(jax.random.key(seed), 4)
+    k_task, k_init, k_data, _ = jax.random.split(jax.random.PRNGKey(seed), 4)
     task = sample_task(get(task_name), k_task)
     leaves, treedef = jax.tree.flatten(task.init(k_init))
     ref = ReferenceOptimizer(kind, config)
