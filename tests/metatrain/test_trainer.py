@@ -178,5 +178,6 @@ def test_non_finite_or_empty_estimates_never_move_theta(tmp_path, momentum_lo, q
     assert [r["skipped_update"] for r in read_metrics(tmp_path / "p")] == [True] * 3
     from lopt.metatrain.checkpoint import load_checkpoint
 
-    saved, _ = load_checkpoint(tmp_path / "p" / "checkpoint.pkl", {**init, "key": t.key_loop})
+    saved, _ = load_checkpoint(tmp_path / "p" / "checkpoint.safetensors",
+                               {**init, "key": t.key_loop})
     jax.tree.map(np.testing.assert_array_equal, saved["opt_state"], init["opt_state"])
