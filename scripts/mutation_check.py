@@ -295,12 +295,15 @@ def main(argv=None) -> int:
         base = copy_tree(Path(tmp) / "baseline")
         check_import_path(base)
         baseline_targets = sorted({t for m in chosen for t in targets_of(m)})
-        run = lambda src, targets: run_tests(src, targets, args.timeout, args.tests_root,
-                                             args.workers)
-        rc, secs, summary = run(base, baseline_targets)
+        run = lambda src, targets, timeout=args.timeout: run_tests(
+            src, targets, timeout, args.tests_root, args.workers
+        )
+        # the baseline runs every targeted file at once: give it more time than one mutation
+        rc, secs, summary = run(base, baseline_targets, 4 * args.timeout)
         print(f"baseline (unmutated copy): rc={rc} in {secs:.0f}s: {summary}", flush=True)
         if rc != 0:
-            print("the tests fail without any mutation: fix that first", file=sys.stderr)
+            why = "timed out" if rc == -1 else "fail"
+            print(f"the tests {why} without any mutation: fix that first", file=sys.stderr)
             return 2
         rows = []
         for m in chosen:

@@ -15,6 +15,7 @@ switches control (``leaf_delta``: MLP outputs and accumulators -> step), which n
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -76,24 +77,31 @@ def all_combinations() -> list[dict]:
     return [dict(zip(names, vals, strict=True)) for vals in itertools.product(*SWITCHES.values())]
 
 
+@functools.cache
+def _pairwise_rows() -> tuple[int, ...]:
+    names = list(SWITCHES)
+    candidates = all_combinations()
+    pairs = [
+        frozenset(((a, row[a]), (b, row[b])) for a, b in itertools.combinations(names, 2))
+        for row in candidates
+    ]
+    uncovered = set().union(*pairs)
+    chosen = []
+    while uncovered:
+        best = max(range(len(candidates)), key=lambda i: len(pairs[i] & uncovered))
+        chosen.append(best)
+        uncovered -= pairs[best]
+    return tuple(chosen)
+
+
 def pairwise_combinations() -> list[dict]:
     """A small set of rows in which every pair of values of any two switches occurs.
 
     Greedy and deterministic: repeatedly take the first row of the full product that covers
     the most pairs not yet covered.
     """
-    names = list(SWITCHES)
-    pairs = lambda row: {
-        ((a, row[a]), (b, row[b])) for a, b in itertools.combinations(names, 2)
-    }
     candidates = all_combinations()
-    uncovered = set().union(*(pairs(r) for r in candidates))
-    chosen = []
-    while uncovered:
-        best = max(candidates, key=lambda r: len(pairs(r) & uncovered))
-        chosen.append(best)
-        uncovered -= pairs(best)
-    return chosen
+    return [candidates[i] for i in _pairwise_rows()]
 
 
 def combo_id(combo: dict) -> str:
