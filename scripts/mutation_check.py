@@ -114,6 +114,12 @@ MUTATIONS = (
           "                w_eff = w_eff * k\n", ""),),
         (REFERENCE,),
     ),
+    Mutation(
+        "ratio-ignores-epsilon", "the ratio preconditioner ignores precondition_epsilon",
+        "optimizers/star.py",
+        (("jax.lax.rsqrt(st.v + self.precondition_epsilon)", "jax.lax.rsqrt(st.v + 1e-6)"),),
+        (REFERENCE,),
+    ),
     # 2. stability of the learned optimizers
     Mutation(
         "star-ascent-no-learned",

@@ -29,7 +29,8 @@ What it implements, per parameter tensor (scalars are treated as shape-(1,) tens
   regularization controller is on) and ``c`` (if the step size controller is on);
 * Blackbox: ``phi <- phi - lambda_s d exp(lambda_0 m)``;
 * STAR: ``phi <- (1 - w_eff) phi - k (s_bb + s_nom)`` with
-  ``s_bb = lambda_s d exp(lambda_0 m) [/ sqrt(v + 1e-6)]``,
+  ``s_bb = lambda_s d exp(lambda_0 m)``, preconditioned (if on) by ``/ sqrt(v + 1e-6)``
+  (``divide``) or ``* sqrt(v / (v + precondition_epsilon))`` (``ratio``),
   ``s_nom = alpha exp(lambda_1 n) g_hat``,
   ``w_eff = (alpha k w if decay_mode == "scaled" else w) exp(lambda_2 r)``,
   ``k = exp(R tanh(lambda_c c / R))`` (the learned step size; 1 when its switch is off);
@@ -64,6 +65,8 @@ CONFIG_KEYS = {
         "nominal",
         "alpha",
         "precondition",
+        "precondition_mode",
+        "precondition_epsilon",
         "weight_decay",
         "decay_mode",
         "nominal_controller",
@@ -266,9 +269,13 @@ class ReferenceOptimizer:
         if self.kind == "blackbox":
             return {"learned": -s_bb}
         c = self.c
-        # switch: precondition
+        # switch: precondition, the paper's division or the ratio that vanishes with |g|
         if c["precondition"]:
-            s_bb = s_bb / np.sqrt(st["v"] + ADAM_EPS)
+            v = st["v"]
+            s_bb = {
+                "divide": lambda: s_bb / np.sqrt(v + ADAM_EPS),
+                "ratio": lambda: s_bb * np.sqrt(v / (v + c["precondition_epsilon"])),
+            }[c["precondition_mode"]]()
         # switch: nominal (+ nominal controller)
         s_nom = c["alpha"] * self.nominal_direction(c["nominal"], g, st["m"], st["v"])
         if c["nominal_controller"]:
