@@ -120,6 +120,18 @@ MUTATIONS = (
         (("jax.lax.rsqrt(st.v + self.precondition_epsilon)", "jax.lax.rsqrt(st.v + 1e-6)"),),
         (REFERENCE,),
     ),
+    Mutation(
+        "tensor-features-cos-sign", "tensor_features: cos(g, m_i) has the wrong sign",
+        "optimizers/features.py",
+        (("jnp.sum(g * st.m[i]) * jax.lax.rsqrt", "-jnp.sum(g * st.m[i]) * jax.lax.rsqrt"),),
+        (REFERENCE,),
+    ),
+    Mutation(
+        "tensor-features-momenta-not-adam", "tensor_features: log RMS of m_i, not m_i/sqrt(v)",
+        "optimizers/features.py",
+        (("ADAM_CHANNELS = (6, 7, 8)", "ADAM_CHANNELS = (2, 3, 4)"),),
+        (REFERENCE,),
+    ),
     # 2. stability of the learned optimizers
     Mutation(
         "star-ascent-no-learned",

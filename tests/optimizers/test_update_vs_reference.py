@@ -9,8 +9,11 @@ enough that every MLP output moves the step by far more than the tolerance.
 Switches: ``SWITCHES`` is the table of every STAR switch and its values. The end-to-end test
 (50 steps, 4 tensor shapes, compiled once per config, ~3 s each) runs a pairwise-covering set of
 its combinations -- every pair of values of any two switches appears in some config -- plus the
-product defaults; the full product (2916 combinations) is checked for the part of the update the
-switches control (``leaf_delta``: MLP outputs and accumulators -> step), which needs no compile.
+product defaults; the full product of the switches that decide how outputs become a step (2916
+combinations) is checked for that part of the update (``leaf_delta``: MLP outputs and
+accumulators -> step), which needs no compile. ``INPUT_SWITCHES`` only change what the MLP reads
+(not ``leaf_delta``), so they are covered end to end, paired with every value of every other
+switch.
 """
 
 from __future__ import annotations
@@ -43,7 +46,10 @@ SWITCHES = {
     "regularization_controller": ("off", "coordinate", "tensor"),
     "step_size_controller": ("off", "coordinate", "tensor"),
     "learned_term": (True, False),  # step_multiplier > 0 or == 0 ("nominal only")
+    "tensor_features": (False, True),  # six tensor-level MLP inputs after the time features
 }
+#: Switches that change the MLP's inputs only: ``leaf_delta`` (outputs -> step) never sees them.
+INPUT_SWITCHES = ("tensor_features",)
 
 #: Multipliers large enough that every MLP output changes the step by O(1) relative amounts
 #: (with the defaults 1e-3, exp(1e-3 m) ~ 1 would hide a wrong m, n or r).
@@ -77,6 +83,7 @@ def star_kwargs(combo: dict) -> dict:
     if combo["step_size_controller"] != "off":  # its default multiplier 1 is already O(1)
         kw.update(step_size_controller=True, step_size_aggregation=combo["step_size_controller"])
     kw["step_multiplier"] = 1e-3 if combo["learned_term"] else 0.0
+    kw["tensor_features"] = combo["tensor_features"]
     return kw
 
 
@@ -228,6 +235,14 @@ def test_blackbox_with_large_magnitude_multiplier_matches_reference():
     assert_close_to_reference(opt, "blackbox", random_theta(opt, 2), seed=1)
 
 
+@pytest.mark.parametrize("hidden_sizes", [(4, 4), (5,)], ids=["4x4", "5"])
+def test_blackbox_with_tensor_features_matches_reference(hidden_sizes):
+    """The six tensor-level inputs (log RMS of the Adam ratios, cos(g, m_i)) reach the MLP:
+    with random full-scale weights on them, any error in one moves the step."""
+    opt = Blackbox(hidden_sizes=hidden_sizes, tensor_features=True)
+    assert_close_to_reference(opt, "blackbox", random_theta(opt, 5), seed=3)
+
+
 def test_default_star_matches_reference():
     """Product defaults: nominal Adam-AggMo 1e-3, preconditioned learned term 1e-4, w = 0.1."""
     opt = STAR()
@@ -255,15 +270,20 @@ def test_every_switch_combination_turns_outputs_into_the_reference_step(learned_
     of the update: the reference's MLP outputs and accumulators (after 3 steps, with random
     full-scale theta) give the reference's step in every combination.
 
-    Eager and uncompiled, so all 2916 combinations (of today's switches) take seconds, on the
+    Eager and uncompiled, so all 2916 combinations (of today's switches, ``INPUT_SWITCHES``
+    held at their default: ``leaf_delta`` does not read them) take seconds, on the
     matrix (eager JAX compiles every primitive once per shape: the other shapes would double
     the time; they are covered end to end above, together with the features and the MLP). The
     outputs and accumulators do not depend on the switches, only on how many outputs there
     are, so they are computed once per count.
     """
     params, grads = problem(3)
-    combos = [c for c in all_combinations() if c["learned_term"] == learned_term]
-    assert 2 * len(combos) == len(all_combinations()) >= 2916
+    defaults = STAR().config()
+    step_combos = [
+        c for c in all_combinations() if all(c[k] == defaults[k] for k in INPUT_SWITCHES)
+    ]
+    combos = [c for c in step_combos if c["learned_term"] == learned_term]
+    assert 2 * len(combos) == len(step_combos) >= 2916
     f32 = lambda x: jnp.asarray(x, jnp.float32)
     runs = {}  # number of outputs -> per tensor: (reference record, JAX inputs of leaf_delta)
     for combo in combos:

@@ -24,7 +24,11 @@ What it implements, per parameter tensor (scalars are treated as shape-(1,) tens
   EMA ``f`` and the normalization is ``x / sqrt(f + 1e-30)``. Each channel is divided by
   ``sqrt(mean over the tensor of channel^2 + 1e-5)``;
 * 11 time features ``tanh(t / tau - 1)``, t = updates done before this one;
-* MLP ``39 -> hidden... -> outputs``, ReLU on hidden layers, linear output layer;
+* with ``tensor_features`` on, 6 tensor-level inputs after the time features, the same for every
+  coordinate of the tensor: ``log sqrt(mean over the tensor of (m_i / sqrt(v + 1e-6))^2 + 1e-5)``
+  for the three momenta (the log of the Adam-ratio features' normalizer), then the cosines
+  ``<g, m_i> / (|g| |m_i|)`` over the whole tensor (0 when either is zero);
+* MLP ``39 (or 45) -> hidden... -> outputs``, ReLU on hidden layers, linear output layer;
 * outputs ``[d, m]`` then ``n`` (if the nominal controller is on), ``r`` (if the
   regularization controller is on) and ``c`` (if the step size controller is on);
 * Blackbox: ``phi <- phi - lambda_s d exp(lambda_0 m)``;
@@ -50,6 +54,7 @@ FACTORED_EPS = 1e-30
 RMS_EPS = 1e-5
 DECAY_LIMITS = (1e-4, 1.0 - 1e-6)
 NUM_FEATURES = 28 + len(TIME_SCALES)
+NUM_TENSOR_INPUTS = 6  # with ``tensor_features``: 3 log-RMS of the Adam ratios, 3 cosines
 
 _COMMON_KEYS = {
     "hidden_sizes",
@@ -57,6 +62,7 @@ _COMMON_KEYS = {
     "step_multiplier",
     "magnitude_multiplier",
     "output_init_scale",  # only scales the initial output layer: no effect on the update
+    "tensor_features",
 }
 CONFIG_KEYS = {
     "blackbox": _COMMON_KEYS,
@@ -137,6 +143,9 @@ class ReferenceOptimizer:
             names.append("c")
         return names
 
+    def num_inputs(self) -> int:
+        return NUM_FEATURES + (NUM_TENSOR_INPUTS if self.c["tensor_features"] else 0)
+
     # -- state --------------------------------------------------------------------------
     def init_state(self, params: list) -> dict:
         leaves = []
@@ -162,9 +171,9 @@ class ReferenceOptimizer:
     def step(self, theta, state: dict, grads: list, params: list):
         """Returns ``(new_params, new_state, info)``; ``info[i]`` holds, for tensor ``i`` (as a
         shape-(1,) tensor if it is a scalar), the parameter ``p`` and gradient ``g`` of this step,
-        the updated accumulators ``acc``, the raw ``[N, 28]`` feature matrix, the ``[N, 39]`` MLP
-        inputs, the ``[N, outputs]`` MLP outputs, the summands ``terms`` of the parameter
-        change and the change ``delta`` itself."""
+        the updated accumulators ``acc``, the raw ``[N, 28]`` feature matrix, the ``[N, 39]``
+        (``[N, 45]`` with ``tensor_features``) MLP inputs, the ``[N, outputs]`` MLP outputs, the
+        summands ``terms`` of the parameter change and the change ``delta`` itself."""
         b = self.decays(theta)
         time_feats = np.tanh(state["t"] / np.array(TIME_SCALES) - 1.0)
         new_params, new_leaves, info = [], [], []
@@ -175,7 +184,12 @@ class ReferenceOptimizer:
             st = self.update_accumulators(st, g, b)
             raw = self.features(p, g, st)  # [N, 28]
             normalized = raw / np.sqrt(np.mean(raw**2, axis=0) + RMS_EPS)
-            inputs = np.concatenate([normalized, np.tile(time_feats, (raw.shape[0], 1))], 1)
+            same_everywhere = time_feats
+            if self.c["tensor_features"]:
+                same_everywhere = np.concatenate([time_feats, self.tensor_inputs(g, st)])
+            inputs = np.concatenate(
+                [normalized, np.tile(same_everywhere, (raw.shape[0], 1))], 1
+            )
             out = self.mlp(theta["mlp"], inputs)  # [N, outputs]
             if out.shape[1] != len(self.output_names()):
                 raise ValueError(f"theta has {out.shape[1]} outputs, the switches say "
@@ -239,13 +253,28 @@ class ReferenceOptimizer:
         assert len(columns) == 28
         return np.stack([full(c).reshape(-1) for c in columns], axis=1)
 
+    @staticmethod
+    def tensor_inputs(g: np.ndarray, st: dict) -> np.ndarray:
+        """The 6 tensor-level inputs of ``tensor_features``: how consistent the gradients are."""
+        m, v = st["m"], st["v"]
+        log_rms = [
+            np.log(np.sqrt(np.mean((m[i] / np.sqrt(v + ADAM_EPS)) ** 2) + RMS_EPS))
+            for i in range(3)
+        ]
+        cosines = []
+        for i in range(3):
+            norms = np.sqrt(np.sum(g**2)) * np.sqrt(np.sum(m[i] ** 2))
+            cosines.append(np.sum(g * m[i]) / norms if norms > 0 else 0.0)
+        return np.array(log_rms + cosines)
+
     def mlp(self, weights: dict, x: np.ndarray) -> np.ndarray:
         layers = sorted(int(k[1:]) for k in weights if k.startswith("w"))
         assert layers == list(range(len(layers))) and len(weights) == 2 * len(layers)
         widths = [np.shape(weights[f"w{i}"])[1] for i in layers[:-1]]
-        if np.shape(weights["w0"])[0] != NUM_FEATURES or widths != list(self.c["hidden_sizes"]):
+        n_in = self.num_inputs()
+        if np.shape(weights["w0"])[0] != n_in or widths != list(self.c["hidden_sizes"]):
             raise ValueError(f"theta's MLP {np.shape(weights['w0'])[0]} -> {widths} does not "
-                             f"match {NUM_FEATURES} -> {list(self.c['hidden_sizes'])}")
+                             f"match {n_in} -> {list(self.c['hidden_sizes'])}")
         h = x
         for i in layers:
             h = h @ _np(weights[f"w{i}"]) + _np(weights[f"b{i}"])
