@@ -17,7 +17,9 @@ timing windows of outer steps after the first (which includes compilation and wo
 each mode is run ``--rounds`` times, interleaved, and its best window kept (the machine is
 shared). ``learner_ms_per_estimate`` is the learner's own time (wall time of an outer step
 minus the time spent waiting for workers) per applied estimate: receiving, pooling, the
-jitted outer update and publishing theta. Prints one JSON object.
+jitted outer update and publishing theta. ``learner_capacity`` runs the learner against two
+workers that answer at once with a zero estimate (one estimate per outer step, staleness bound
+2), so its rate is where the learner saturates. Prints one JSON object.
 
     python benchmarks/distributed_scaling.py [--steps 30] [--rounds 2]
 """
@@ -30,6 +32,8 @@ import os
 import statistics
 import tempfile
 import time
+
+import numpy as np
 
 
 def run_mode(name: str, args, out_root: str) -> dict:
@@ -83,6 +87,70 @@ def run_mode(name: str, args, out_root: str) -> dict:
     return result
 
 
+def null_worker_class():
+    """A worker that answers at once with a zero estimate: the learner's capacity alone."""
+    from lopt.distributed.worker import EstimatorWorker
+
+    class NullWorker(EstimatorWorker):
+        def __init__(self, spec, theta):
+            import jax
+
+            self.spec = spec
+            self._zeros = jax.tree.map(np.zeros_like, theta)
+            self._count = 0
+
+        def ready(self):
+            return {"worker": self.spec.index}
+
+        def estimate(self, theta, version):
+            self._count += 1
+            n = self.spec.estimator.num_slots
+            return {
+                "worker": self.spec.index, "incarnation": self.spec.incarnation,
+                "count": self._count - 1, "version": int(version), "grad_sum": self._zeros,
+                "valid_pairs": n, "meta_loss_sum": 0.0, "nonfinite_pairs": 0,
+                "dropped_pairs": 0, "finished_runs": 0, "slots": n,
+                "inner_steps": n * self.spec.estimator.truncation * 2, "compute_s": 1e-9,
+            }
+
+    return NullWorker
+
+
+def learner_capacity(args, out_root: str) -> dict:
+    """Applied estimates per second with two workers that answer instantly (K = 1, bound 2:
+    the learner never waits for computation), i.e. where the learner saturates."""
+    from lopt.distributed import DistributedConfig, RayEstimates
+    from lopt.metatrain.config import MetaTrainConfig
+    from lopt.metatrain.trainer import MetaTrainer
+
+    cfg = MetaTrainConfig(
+        optimizer="star", tasks=args.tasks, truncation=args.truncation, num_slots=args.slots,
+        outer_steps=args.capacity_steps, eval_every=0, checkpoint_every=10**6, seed=0,
+    )
+    source = RayEstimates(
+        DistributedConfig(workers=2, staleness=2, estimates_per_step=1),
+        worker_class=null_worker_class(),
+    )
+    stamps, records = [], []
+
+    def callback(step, record):
+        stamps.append(time.perf_counter())
+        records.append(record)
+
+    out = os.path.join(out_root, f"capacity_{time.monotonic_ns()}")
+    MetaTrainer(cfg, out, source=source, save_theta=lambda *a: None).run(callback=callback)
+    skip = len(stamps) // 10  # the first steps compile the update
+    applied_per_s = (len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip])
+    return {
+        "applied_estimates_per_s": applied_per_s,
+        "ms_per_applied_estimate": 1e3 / applied_per_s,
+        "learner_ms_per_estimate": statistics.median(
+            r["learner_ms_per_estimate"] for r in records[skip:]
+        ),
+        "stale_dropped": sum(r["stale_dropped"] for r in records),
+    }
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="outer steps per run")
@@ -93,6 +161,10 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks", default="digits_mlp_family")
     parser.add_argument(
         "--modes", default="single,workers_1,workers_2,workers_2_async", help="comma-separated"
+    )
+    parser.add_argument(
+        "--capacity-steps", type=int, default=300, help="outer steps of the learner-capacity "
+        "run with instantly answering workers (0: skip)"
     )
     args = parser.parse_args(argv)
     modes = args.modes.split(",")
@@ -110,6 +182,7 @@ def main(argv=None) -> None:
                 res = run_mode(mode, args, tmp)
                 if mode not in best or res["inner_steps_per_s"] > best[mode]["inner_steps_per_s"]:
                     best[mode] = res
+        capacity = learner_capacity(args, tmp) if args.capacity_steps else None
     ray.shutdown()
     base = best.get("single", {}).get("inner_steps_per_s")
     out = {
@@ -119,6 +192,8 @@ def main(argv=None) -> None:
         }
         for mode, res in best.items()
     }
+    if capacity is not None:
+        out["learner_capacity"] = {k: round(v, 3) for k, v in capacity.items()}
     out["ray_start_s"] = round(ray_start_s, 2)
     out["counting"] = "inner steps = slots x truncation x 2 (antithetic pair) per estimate"
     out["config"] = {

@@ -104,6 +104,9 @@ def test_killed_worker_is_restarted_and_the_run_completes(
     incarnations = {(a["worker"], a["incarnation"]) for r in meta for a in r["arrivals"]}
     assert (1, 2) in incarnations and all(r["estimates"] == 2 for r in meta)
     assert all(np.isfinite(float(v)) for v in out["theta"].values())
+    # the two first workers ran on distinct cores (where cores could be claimed at all)
+    cores = [c for info in source.started for c in info["cores"]]
+    assert len(cores) == len(set(cores))
 
 
 class SlowSecondWorker(EstimatorWorker):

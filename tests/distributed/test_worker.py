@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -74,3 +75,25 @@ def test_incarnations_get_distinct_keys(tmp_path, momentum_lo, quad_family):
     np.testing.assert_array_equal(first[1], np.asarray(t.key_loop))
     keys = [tuple(np.concatenate(worker_keys(t.key_est, t.key_loop, i))) for i in range(6)]
     assert len(set(keys)) == 6
+
+
+def test_workers_on_a_node_claim_distinct_cores_until_they_exit(tmp_path):
+    from lopt.distributed.worker import claim_cores
+
+    def close(claim):
+        for fd in claim[1]:
+            os.close(fd)
+
+    a = claim_cores(1, {0, 1, 2}, str(tmp_path))
+    b = claim_cores(2, {0, 1, 2}, str(tmp_path))
+    assert a[0] == [0] and b[0] == [1, 2]
+    assert claim_cores(1, {0, 1, 2}, str(tmp_path)) is None  # every core is held
+    close(a)  # a worker exits (its descriptors close): its core is free again
+    assert claim_cores(2, {0, 1, 2}, str(tmp_path)) is None  # only core 0 is free ...
+    c = claim_cores(1, {0, 1, 2}, str(tmp_path))
+    assert c[0] == [0]  # ... and the failed claim did not keep it
+    close(b)
+    close(c)
+    d = claim_cores(3, {0, 1, 2}, str(tmp_path))
+    assert d[0] == [0, 1, 2]
+    close(d)

@@ -25,7 +25,11 @@ class DistributedConfig:
             With ``staleness = 0`` at most ``workers`` (a worker contributes at most one
             estimate per theta then).
         cpus_per_worker: CPU cores each worker reserves; its XLA sees that many host devices
-            and shards its slots over them (1: one core, single-threaded XLA).
+            and shards its slots over them.
+        pin_cores: pin each worker to ``cpus_per_worker`` cores of its node that no other
+            worker holds (XLA otherwise spreads a worker over every core it may use). Turn it
+            off on nodes shared with other heavy work, where a pinned worker cannot move away
+            from a busy core.
         max_restarts: re-creations allowed per worker before the run gives up.
         address: Ray cluster to join (``ray.init(address)``); ``None`` starts a local instance
             sized to the machine.
@@ -42,6 +46,7 @@ class DistributedConfig:
     staleness: int = 0
     estimates_per_step: int | None = None
     cpus_per_worker: int = 1
+    pin_cores: bool = True
     max_restarts: int = 3
     address: str | None = None
     start_timeout_s: float = 600.0

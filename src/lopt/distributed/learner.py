@@ -282,6 +282,7 @@ class RayEstimates:
             init_key=init_key,
             loop_key=loop_key,
             cpus=self.config.cpus_per_worker,
+            pin=self.config.pin_cores,
             compile_cache_dir=self.config.compile_cache_dir,
         )
         w.handle = self._actor_cls.remote(spec, self._theta_ref)
