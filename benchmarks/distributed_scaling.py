@@ -9,7 +9,9 @@ task slots in total, truncation 50, horizons 200-2000; evaluation off) in one pr
 * ``workers_2``: two Ray workers with 4 slots each, one core each, synchronous (staleness 0:
   every outer step averages both workers' estimates on the current theta);
 * ``workers_2_async``: the same with staleness bound 1 (a worker starts its next estimate
-  while the learner waits for the other one).
+  while the learner waits for the other one);
+* a ``_nopin`` suffix: the workers are not pinned to a core each (XLA spreads each worker's
+  step over every core), e.g. ``--modes single,workers_2,workers_2_nopin``.
 
 Throughput is end-to-end as the learner sees it: inner optimizee steps behind the applied
 estimates per second of outer-loop wall time (slots x truncation x 2 per 8-slot estimate), over
@@ -56,9 +58,14 @@ def run_mode(name: str, args, out_root: str) -> dict:
     )
     source = None
     if name != "single":
-        workers = int(name.split("_")[1])
-        staleness = 1 if name.endswith("async") else 0
-        source = RayEstimates(DistributedConfig(workers=workers, staleness=staleness))
+        parts = name.split("_")
+        source = RayEstimates(
+            DistributedConfig(
+                workers=int(parts[1]),
+                staleness=1 if "async" in parts else 0,
+                pin_cores="nopin" not in parts,
+            )
+        )
     records, stamps = [], []
 
     def callback(step, record):
@@ -81,6 +88,15 @@ def run_mode(name: str, args, out_root: str) -> dict:
     if source is not None:
         result["learner_ms_per_estimate"] = statistics.median(
             r["learner_ms_per_estimate"] for r in timed
+        )
+        per_worker: dict[int, list] = {}
+        for r in timed:
+            for a in r["arrivals"]:
+                per_worker.setdefault(a["worker"], []).append(a["inner_steps_per_s"])
+        # what the workers compute per second of their own compute time (no waiting, no
+        # learner): end-to-end / this = the efficiency of the distributed loop
+        result["workers_compute_inner_steps_per_s"] = sum(
+            statistics.median(v) for v in per_worker.values()
         )
         result["stale_dropped"] = sum(r["stale_dropped"] for r in records)
         result["staleness_max"] = max(r["staleness_max"] for r in records)

@@ -82,7 +82,7 @@ class DistributedConfig:
         if num_slots < self.workers:
             raise ValueError(
                 f"{self.workers} workers need at least as many task slots, got num_slots="
-                f"{num_slots}; raise --slots (the total over all workers) or lower --workers"
+                f"{num_slots}; raise --num-slots (the total over all workers) or lower --workers"
             )
         base, rest = divmod(num_slots, self.workers)
         return tuple(base + (i < rest) for i in range(self.workers))

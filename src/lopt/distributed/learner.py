@@ -83,6 +83,13 @@ def check_fits_locally(config: DistributedConfig) -> None:
         )
 
 
+def worker_lost_errors(ray) -> tuple[type, ...]:
+    """The errors of an estimate whose worker is gone (killed, crashed, node lost)."""
+    lost = (ray.exceptions.RayActorError,)
+    unavailable = getattr(ray.exceptions, "ActorUnavailableError", None)  # newer Ray only
+    return lost + ((unavailable,) if unavailable is not None else ())
+
+
 @dataclasses.dataclass
 class _Worker:
     """The learner's record of one worker position."""
@@ -92,7 +99,6 @@ class _Worker:
     handle: object = None
     incarnation: int = -1
     restarts: int = 0
-    inner_steps_per_s: float | None = None
 
 
 @dataclasses.dataclass
@@ -127,6 +133,8 @@ class RayEstimates:
         self._next_incarnation = 0
         self._actor_cls = None
         self._trainer = None
+        #: what each first-created worker reported when it had started (``EstimatorWorker.ready``)
+        self.started: list[dict] = []
 
     # -- EstimateSource -------------------------------------------------------------------
     def init_state(self, trainer, theta) -> dict:
@@ -171,20 +179,21 @@ class RayEstimates:
         log = _StepLog()
         held = []  # accepted workers waiting for the update (staleness bound 0)
         while len(log.accepted) < self.config.per_step:
+            if not self._pending:  # cannot happen with a valid config; never wait forever
+                raise RuntimeError("no worker is computing, but the outer step is not full")
             tw = time.perf_counter()
             (ref,), _ = ray.wait(list(self._pending), num_returns=1)
             log.waited_s += time.perf_counter() - tw
             w = self._pending.pop(ref)
             try:
                 est = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            except worker_lost_errors(ray):
                 log.lost += 1
                 self._restart(w)
                 log.restarted.append(w.index)
                 self._submit(w)
                 continue
             staleness = self.version - est["version"]
-            w.inner_steps_per_s = est["inner_steps"] / est["compute_s"]
             applied = staleness <= self.config.staleness
             log.arrivals.append(
                 {
@@ -193,7 +202,7 @@ class RayEstimates:
                     "version": est["version"],
                     "staleness": staleness,
                     "applied": applied,
-                    "inner_steps_per_s": round(w.inner_steps_per_s, 1),
+                    "inner_steps_per_s": round(est["inner_steps"] / est["compute_s"], 1),
                 }
             )
             if not applied:
@@ -249,7 +258,7 @@ class RayEstimates:
 
     def close(self) -> None:
         """Stop the workers (and Ray, if this source started it)."""
-        if not self.workers:
+        if not self.workers and not self._owns_ray:
             return
         ray = require_ray()
         for w in self.workers:
