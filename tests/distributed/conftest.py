@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,9 @@ def _load_standins():
 
 
 standins = _load_standins()
+# Some engine tests ``from conftest import QuadraticFamily``; under pytest's rootdir imports
+# the last conftest imported answers to that name, so this one offers the same stand-ins.
+QuadraticFamily, MomentumLO = standins.QuadraticFamily, standins.MomentumLO
 
 
 def pickle_by_value(module) -> None:
@@ -40,7 +44,9 @@ def ray_local():
     pickle_by_value(standins)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+        with warnings.catch_warnings():  # JAX warns of os.fork; Ray forks and execs at once
+            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
     yield ray
     if started:
         ray.shutdown()

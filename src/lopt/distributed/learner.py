@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -63,11 +64,17 @@ def connect(config: DistributedConfig) -> bool:
     ray = require_ray()
     if ray.is_initialized():
         return False
-    if config.address:
-        ray.init(address=config.address, logging_level="warning")
-    else:
-        check_fits_locally(config)
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level="warning")
+    with warnings.catch_warnings():
+        # Ray starts its processes with subprocess (fork + exec at once), which JAX's warning
+        # about os.fork in a multithreaded process does not concern
+        warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+        if config.address:
+            ray.init(address=config.address, logging_level="warning")
+        else:
+            check_fits_locally(config)
+            ray.init(
+                num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level="warning"
+            )
     return True
 
 
