@@ -67,11 +67,11 @@ def test_one_synchronous_worker_reproduces_the_single_process_run(
 
 def test_two_workers_learn_like_the_single_process_run(
         ray_local, workers, tmp_path, momentum_lo, quad_family):
-    kw = dict(outer_steps=20, eval_every=5, checkpoint_every=20)
+    kw = dict(outer_steps=10, eval_every=5, checkpoint_every=10)
     run(tmp_path, "single", momentum_lo, quad_family, **kw)
     dist = run(tmp_path, "ray", momentum_lo, quad_family, workers(2), **kw)
     meta = rows(tmp_path / "ray")
-    assert [r["outer_step"] for r in meta] == list(range(1, 21))
+    assert [r["outer_step"] for r in meta] == list(range(1, 11))
     # every step pools one estimate of each worker (4 + 4 slots), none stale
     assert all(sorted(a["worker"] for a in r["arrivals"]) == [0, 1] for r in meta)
     assert all(r["estimates"] == 2 and r["stale_dropped"] == 0 for r in meta)

@@ -359,7 +359,9 @@ def _meta_train(args, config, source=None) -> int:
 
     print(
         f"lopt meta-train: compiling the {config.estimator} outer step of {config.optimizer} on "
-        f"{config.tasks} (can take a minute; Ctrl-C stops cleanly) ...",
+        f"{config.tasks}"
+        + (f" in {args.workers} Ray workers" if args.workers else "")
+        + " (can take a minute; Ctrl-C stops cleanly) ...",
         file=sys.stderr, flush=True,
     )
     try:

@@ -37,8 +37,8 @@ class DistributedConfig:
             failing with an explanation (e.g. a cluster without enough free CPUs).
         compile_cache_dir: a JAX persistent compilation cache for the workers (a node-local
             path; ``None``: off). Workers on one node, re-created workers and later runs then
-            load their compiled programs instead of compiling again (measured: a worker's
-            start-up 3.4x faster on this machine). Keep it node-local: XLA compiles for the
+            load their compiled programs instead of compiling again (measured for a small
+            worker on this machine: build and compile 6.7 s without, 1.3 s with a warm cache). Keep it node-local: XLA compiles for the
             node's CPU.
     """
 

@@ -131,6 +131,15 @@ def use_cores(cpus: int, pin: bool = True) -> tuple[list[int], list[int]]:
     return claim
 
 
+def _usable_dir(path: str) -> bool:
+    """Create ``path`` if missing; False where that is not possible (then run without it)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
 class EstimatorWorker:
     """A worker's slots, inner states and compiled estimator step (see the module docstring).
 
@@ -148,7 +157,7 @@ class EstimatorWorker:
         self.cores, self._core_locks = use_cores(spec.cpus, spec.pin)
         import jax
 
-        if spec.compile_cache_dir:
+        if spec.compile_cache_dir and _usable_dir(spec.compile_cache_dir):
             jax.config.update("jax_compilation_cache_dir", spec.compile_cache_dir)
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
             jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
