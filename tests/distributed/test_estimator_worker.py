@@ -7,6 +7,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from lopt.distributed.worker import EstimatorWorker, WorkerSpec, worker_keys
 from lopt.metatrain.config import MetaTrainConfig
@@ -26,6 +27,7 @@ def make_worker(trainer, theta, *, slots, incarnation=0, index=0):
     return EstimatorWorker(spec, jax.device_get(theta))
 
 
+@pytest.mark.slow  # compiles the fused step, a worker step and the update (7-9 s)
 def test_worker_plus_learner_update_is_the_single_process_step(tmp_path, momentum_lo,
                                                                 quad_family):
     """The split (worker estimate on one side, learner update on the other) computes the very
@@ -47,6 +49,7 @@ def test_worker_plus_learner_update_is_the_single_process_step(tmp_path, momentu
         np.testing.assert_array_equal(np.asarray(theta[k]), np.asarray(reference[k]))
 
 
+@pytest.mark.slow  # compiles the fused step, a worker step and the update (7-9 s)
 def test_pooled_update_uses_mean_over_all_valid_pairs(tmp_path, momentum_lo, quad_family):
     """Two workers' sums pooled = the valid-weighted mean of their own mean gradients."""
     t = MetaTrainer(MetaTrainConfig(**{**CFG, "clip_norm": 0.0}), tmp_path / "b",

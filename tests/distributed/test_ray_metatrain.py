@@ -19,6 +19,9 @@ from lopt.metatrain.config import MetaTrainConfig
 from lopt.metatrain.trainer import MetaTrainer
 
 pytest.importorskip("ray")
+# each test starts Ray workers that compile their estimator (4-11 s each on 2 cores): slow,
+# run by CI (.ci/run) and by `pytest -m slow tests/distributed`
+pytestmark = pytest.mark.slow
 
 BASE = dict(
     tasks="quadratic", estimator="pes", sigma=0.01, truncation=4, horizon_min=8,
@@ -139,7 +142,6 @@ def test_stale_estimates_of_a_slow_worker_are_not_applied(
     assert_same_theta(dist["theta"], single["theta"])
 
 
-@pytest.mark.slow
 def test_resume_recreates_workers(workers, tmp_path, momentum_lo, quad_family):
     def stop(step, record):
         if step == 3:

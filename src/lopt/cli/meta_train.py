@@ -183,8 +183,8 @@ def add_distributed_flags(p) -> None:
     d.add_argument(
         "--compile-cache",
         metavar="DIR",
-        help="node-local compilation cache for the workers (default: the one of this command, "
-        "if it uses one)",
+        help="node-local compilation cache for the workers (default: lopt's own, "
+        "$LOPT_CACHE/jax, unless LOPT_NO_COMPILE_CACHE=1)",
     )
 
 

@@ -36,9 +36,11 @@ class DistributedConfig:
         start_timeout_s: how long to wait for the workers to start (build and compile) before
             failing with an explanation (e.g. a cluster without enough free CPUs).
         compile_cache_dir: a JAX persistent compilation cache for the workers (a node-local
-            path; ``None``: off). Workers on one node, re-created workers and later runs then
-            load their compiled programs instead of compiling again (measured for a small
-            worker on this machine: build and compile 6.7 s without, 1.3 s with a warm cache). Keep it node-local: XLA compiles for the
+            path). ``None``: lopt's own cache (``$LOPT_CACHE/jax``, see
+            :mod:`lopt.utils.compile`; off with ``LOPT_NO_COMPILE_CACHE=1``). Workers on one
+            node, re-created workers and later runs then load their compiled programs instead
+            of compiling again (measured for a small worker on this machine: build and compile
+            6.7 s without, 1.3 s with a warm cache). Keep it node-local: XLA compiles for the
             node's CPU.
     """
 

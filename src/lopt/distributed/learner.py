@@ -144,7 +144,7 @@ class RayEstimates:
         self.started: list[dict] = []
 
     # -- EstimateSource -------------------------------------------------------------------
-    def init_state(self, trainer, theta) -> dict:
+    def init_state(self, trainer, theta, key_est) -> dict:
         return {}  # the slots live on the workers
 
     def start(self, trainer, state, outer_step, saved):

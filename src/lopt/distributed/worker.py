@@ -164,6 +164,7 @@ class EstimatorWorker:
 
         from lopt.metatrain.estimators import make_estimator
         from lopt.metatrain.trainer import slot_sharding
+        from lopt.utils.compile import jit
 
         self.spec = spec
         self.estimator = make_estimator(
@@ -171,12 +172,14 @@ class EstimatorWorker:
         )
         self._loop_key = jax.numpy.asarray(spec.loop_key)
         theta = jax.tree.map(jax.numpy.asarray, theta)
-        state = self.estimator.init(theta, jax.numpy.asarray(spec.init_key))
+        # lopt's jit (the local engine's compile options and persistent cache); the slots'
+        # initialization in one compiled program, as the single-process trainer does it
+        state = jit(self.estimator.init)(theta, jax.numpy.asarray(spec.init_key))
         est_sh, rep = slot_sharding(state)
         if est_sh is None:
-            step = jax.jit(self.estimator.step_sum, donate_argnums=(1,))
+            step = jit(self.estimator.step_sum, donate_argnums=(1,))
         else:
-            step = jax.jit(
+            step = jit(
                 self.estimator.step_sum,
                 donate_argnums=(1,),
                 in_shardings=(rep, est_sh, rep),
