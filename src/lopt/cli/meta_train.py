@@ -129,7 +129,63 @@ def add_parser(sub) -> None:
     )
     add_run_dir_flags(p, resumable=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_distributed_flags(p)
     p.set_defaults(func=run)
+
+
+def add_distributed_flags(p) -> None:
+    d = p.add_argument_group(
+        "distributed meta-training on Ray workers (needs pip install -e '.[distributed]'; "
+        "see docs/distributed.md)"
+    )
+    d.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="compute the meta-gradient estimates on N Ray worker actors (--num-slots is the "
+        "total, split over them); without it everything runs in this process",
+    )
+    d.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="join this Ray cluster (auto, or HEAD_IP:6379); without it a local Ray instance "
+        "sized to this machine is started",
+    )
+    d.add_argument(
+        "--staleness",
+        type=int,
+        default=0,
+        help="largest staleness, in outer steps, of an estimate that is still applied; older "
+        "ones are dropped (0: synchronous, every worker computes on the current theta) "
+        "(default: 0)",
+    )
+    d.add_argument(
+        "--estimates-per-step",
+        type=int,
+        metavar="K",
+        help="worker estimates pooled into one outer step (default: one per worker)",
+    )
+    d.add_argument(
+        "--cpus-per-worker", type=int, default=1, help="CPU cores per worker (default: 1)"
+    )
+    d.add_argument(
+        "--no-pin-cores",
+        action="store_true",
+        help="do not pin each worker to free cores of its node (for nodes shared with other "
+        "heavy work)",
+    )
+    d.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="how often one dead worker is re-created before the run stops (default: 3)",
+    )
+    d.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        help="node-local compilation cache for the workers (default: lopt's own, "
+        "$LOPT_CACHE/jax, unless LOPT_NO_COMPILE_CACHE=1)",
+    )
 
 
 def use_cpu_devices(n: int) -> bool:
@@ -191,10 +247,64 @@ def build_config(args):
         raise UsageError(f"invalid meta-training config: {err}") from None
 
 
+def build_source(args, config):
+    """The Ray estimate source of ``--workers`` (``None`` without it); no Ray work yet."""
+    from lopt.cli.main import UsageError
+
+    if args.workers is None:
+        given = [
+            flag
+            for flag, value, default in (
+                ("--ray-address", args.ray_address, None),
+                ("--staleness", args.staleness, 0),
+                ("--estimates-per-step", args.estimates_per_step, None),
+                ("--cpus-per-worker", args.cpus_per_worker, 1),
+                ("--no-pin-cores", args.no_pin_cores, False),
+                ("--max-restarts", args.max_restarts, 3),
+                ("--compile-cache", args.compile_cache, None),
+            )
+            if value != default
+        ]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply with --workers N")
+        return None
+    from lopt.distributed.config import DistributedConfig
+
+    try:
+        dist = DistributedConfig(
+            workers=args.workers,
+            staleness=args.staleness,
+            estimates_per_step=args.estimates_per_step,
+            cpus_per_worker=args.cpus_per_worker,
+            pin_cores=not args.no_pin_cores,
+            max_restarts=args.max_restarts,
+            address=args.ray_address,
+            compile_cache_dir=args.compile_cache or current_compile_cache(),
+        )
+        dist.worker_slots(config.num_slots)
+        from lopt.distributed.learner import RayEstimates, check_fits_locally, require_ray
+
+        check_fits_locally(dist)
+        require_ray()
+    except ValueError as err:
+        raise UsageError(f"invalid distributed setting: {err}") from None
+    except ImportError as err:
+        raise UsageError(str(err)) from None
+    return RayEstimates(dist)
+
+
+def current_compile_cache() -> str | None:
+    """The persistent compilation cache this process uses (``lopt.cli.main``), if any."""
+    import jax
+
+    return jax.config.jax_compilation_cache_dir or None
+
+
 def run(args) -> int:
     from lopt.cli.main import UsageError
 
     config = build_config(args)
+    source = build_source(args, config)
     if args.cpu_devices < 0:
         raise UsageError(f"--cpu-devices must be >= 0, got {args.cpu_devices}")
     if args.config is None and (args.optimizer is None or args.tasks is None):
@@ -214,10 +324,10 @@ def run(args) -> int:
     with graceful_interrupt(
         "lopt meta-train: stopping after the current outer step (Ctrl-C again to abort)"
     ):
-        return _meta_train(args, config)
+        return _meta_train(args, config, source)
 
 
-def _meta_train(args, config) -> int:
+def _meta_train(args, config, source=None) -> int:
     from lopt.cli.main import UsageError
     from lopt.utils.rundir import check_run_dir, prepare_run_dir
 
@@ -231,7 +341,7 @@ def _meta_train(args, config) -> int:
     from lopt.plotting import meta_training_curves
 
     try:
-        trainer = MetaTrainer(config, args.out)
+        trainer = MetaTrainer(config, args.out, source=source)
     except ValueError as err:
         raise UsageError(str(err)) from None
     out = prepare_run_dir(args.out, **where)
@@ -249,13 +359,15 @@ def _meta_train(args, config) -> int:
 
     print(
         f"lopt meta-train: compiling the {config.estimator} outer step of {config.optimizer} on "
-        f"{config.tasks} (can take a minute; Ctrl-C stops cleanly) ...",
+        f"{config.tasks}"
+        + (f" in {args.workers} Ray workers" if args.workers else "")
+        + " (can take a minute; Ctrl-C stops cleanly) ...",
         file=sys.stderr, flush=True,
     )
     try:
         result = trainer.run(resume=args.resume, progress=not args.no_progress,
                              callback=on_step)
-    except (FileExistsError, CheckpointError) as err:
+    except (FileExistsError, CheckpointError, TimeoutError) as err:
         raise UsageError(str(err)) from None
     except KeyboardInterrupt:
         write_figure()

@@ -9,7 +9,9 @@ Layering (one job per module, data flows one way)::
                    step(theta, est_state, key) -> (meta_grad, est_state, diagnostics)
     checkpoint.py  atomic checkpoints of any pytree, checked against a template on load
     trainer.py     MetaTrainer: clipped Adam on theta, metrics.jsonl, fixed held-out
-                   evaluation with best.safetensors, checkpoints, Ctrl-C, exact resume
+                   evaluation with best.safetensors, checkpoints, Ctrl-C, exact resume;
+                   estimates from an EstimateSource (LocalEstimates, or Ray workers in
+                   lopt.distributed)
 
 Programmatic use::
 
@@ -29,6 +31,8 @@ _LAZY = {
     "TruncatedBackprop": "estimators",
     "make_estimator": "estimators",
     "MetaTrainer": "trainer",
+    "EstimateSource": "trainer",
+    "LocalEstimates": "trainer",
     "GroupUnroll": "unroll",
     "UnrollState": "unroll",
 }

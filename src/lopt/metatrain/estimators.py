@@ -73,6 +73,12 @@ def _slot_finite(tree, num_slots: int) -> jax.Array:
     return ok
 
 
+def mean_gradient(grad_sum, valid_pairs):
+    """The meta-gradient: summed contributions over the number of valid pairs (slots for
+    TBPTT); zero when none was valid."""
+    return jax.tree.map(lambda x: x / jnp.maximum(valid_pairs, 1).astype(x.dtype), grad_sum)
+
+
 class GradientEstimator:
     """Shared machinery: slot allocation over groups, one :class:`GroupUnroll` per group."""
 
@@ -116,6 +122,16 @@ class GradientEstimator:
         return [(u, n) for u, n in zip(self.unrolls, self.slots, strict=True) if n > 0]
 
     def step(self, theta, est_state, key: jax.Array):
+        grad_sum, est_state, totals = self.step_sum(theta, est_state, key)
+        totals["meta_loss"] = totals["meta_loss"] / self.config.num_slots
+        return mean_gradient(grad_sum, totals["valid_pairs"]), est_state, totals
+
+    def step_sum(self, theta, est_state, key: jax.Array):
+        """Like :meth:`step`, but unnormalized: the *sum* of the valid contributions and the
+        *sum* of the slots' meta-losses (``meta_loss``), so that estimates from several
+        estimators (distributed workers) can be pooled exactly: the pooled meta-gradient is
+        ``mean_gradient(sum of grad sums, sum of valid_pairs)``.
+        """
         grad_sum = jax.tree.map(jnp.zeros_like, theta)
         totals = dict(
             meta_loss=jnp.float32(0.0),
@@ -132,10 +148,7 @@ class GradientEstimator:
                 k: totals[k] + (diag[k] * n if k == "meta_loss" else diag[k]) for k in totals
             }
             new_states.append(state)
-        valid = totals["valid_pairs"]
-        grad = jax.tree.map(lambda x: x / jnp.maximum(valid, 1).astype(x.dtype), grad_sum)
-        totals["meta_loss"] = totals["meta_loss"] / self.config.num_slots
-        return grad, tuple(new_states), totals
+        return grad_sum, tuple(new_states), totals
 
     def group_step(self, unroll: GroupUnroll, n: int, theta, state: UnrollState, key):
         raise NotImplementedError

@@ -1,9 +1,16 @@
-"""The outer loop: estimator -> clipped Adam on theta -> metrics, evaluation, checkpoints.
+"""The outer loop: estimate -> clipped Adam on theta -> metrics, evaluation, checkpoints.
 
-One jitted call per outer step (the estimator's scan/vmap inside, buffers donated, compiled
-once). Every random number derives from ``config.seed`` and the outer step index, and the whole
-mutable state (theta, outer optimizer state, estimator state, best evaluation) is checkpointed,
-so a resumed run computes exactly what an uninterrupted one would have.
+Where an outer step's meta-gradient comes from is pluggable (an :class:`EstimateSource`); the
+outer update, evaluation, best-theta selection, checkpoints, metrics and resume are this one
+implementation for every source:
+
+* :class:`LocalEstimates` (the default): this process's estimator, fused with the update into
+  one jitted call per outer step (the estimator's scan/vmap inside, buffers donated, compiled
+  once). Every random number derives from ``config.seed`` and the outer step index, and the
+  whole mutable state (theta, outer optimizer state, estimator state, best evaluation) is
+  checkpointed, so a resumed run computes exactly what an uninterrupted one would have.
+* ``lopt.distributed.RayEstimates``: estimates pooled from Ray worker actors, applied with
+  :meth:`MetaTrainer.apply_estimate` (see ``docs/distributed.md``).
 
 Files in the output directory:
     config.json         config, seed, versions, slot layout
@@ -11,7 +18,8 @@ Files in the output directory:
                         nonfinite_pairs, dropped_pairs, finished_runs, skipped_update,
                         inner_steps_per_s``; ``eval_loss, eval_final_loss`` when evaluated;
                         ``includes_compile`` on a process's first step, whose time includes
-                        compilation)
+                        compilation; plus the estimate source's own keys, e.g. the Ray
+                        workers' staleness and restarts)
     eval.jsonl          the fixed held-out evaluations (outer step 0 included)
     checkpoint.safetensors  latest checkpoint, data only (every ``checkpoint_every`` steps, at the
                         end, and on Ctrl-C -- at outer step 0 when that comes before the first step)
@@ -26,6 +34,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +43,7 @@ import optax
 
 from lopt.metatrain.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lopt.metatrain.config import MetaTrainConfig
-from lopt.metatrain.estimators import allocate_slots, make_estimator
+from lopt.metatrain.estimators import allocate_slots, make_estimator, mean_gradient
 from lopt.metatrain.unroll import tree_where
 from lopt.utils.compile import jit
 from lopt.utils.interrupt import graceful_interrupt
@@ -95,6 +104,70 @@ def slot_sharding(est_state):
     return jax.tree.map(pick, est_state), replicated
 
 
+class EstimateSource(Protocol):
+    """Where an outer step's meta-gradient comes from; the trainer does everything else.
+
+    ``step`` returns host-side diagnostics with at least ``meta_loss, grad_norm,
+    nonfinite_pairs, dropped_pairs, finished_runs, skipped_update`` and ``inner_steps`` (inner
+    optimizee steps behind the applied estimate); an ``extra`` dict, if present, is merged into
+    the step's ``metrics.jsonl`` record.
+    """
+
+    #: True when a step in flight invalidates the state passed to it (donated buffers)
+    donates_state: bool
+
+    def init_state(self, trainer: MetaTrainer, theta, key_est) -> dict:
+        """Checkpointed state this source owns, besides theta and the outer optimizer state
+        (traced: called inside the trainer's one compiled initialization)."""
+
+    def start(self, trainer: MetaTrainer, state: dict, outer_step: int, saved: dict | None):
+        """Get ready to run from ``outer_step`` (``saved``: :meth:`checkpoint_meta` of the
+        checkpoint resumed from, else None); return the state, placed where it runs."""
+
+    def step(self, trainer: MetaTrainer, state: dict, outer_step: int) -> tuple[dict, dict]:
+        """One outer step: ``(new state, diagnostics)``."""
+
+    def checkpoint_meta(self) -> dict:
+        """JSON-serializable facts to store in the checkpoint (given back to ``start``)."""
+
+    def describe(self) -> dict:
+        """JSON-serializable description for ``config.json``."""
+
+    def close(self) -> None:
+        """Release what ``start`` acquired (called on every exit of ``run``)."""
+
+
+class LocalEstimates:
+    """The single-process source: the trainer's own estimator, fused with the outer update into
+    one jitted call per outer step (estimator state donated and sharded over local devices)."""
+
+    donates_state = True
+
+    def init_state(self, trainer, theta, key_est) -> dict:
+        return {"est_state": trainer.estimator.init(theta, key_est)}
+
+    def start(self, trainer, state, outer_step, saved):
+        return trainer._compile(state)
+
+    def step(self, trainer, state, outer_step):
+        theta, opt_state, est_state, diag = trainer._step_fn(
+            state["theta"], state["opt_state"], state["est_state"], jnp.int32(outer_step),
+            trainer.key_loop,
+        )
+        state = {"theta": theta, "opt_state": opt_state, "est_state": est_state}
+        diag = jax.device_get(diag)
+        return state, {**diag, "inner_steps": trainer.estimator.inner_steps_per_step}
+
+    def checkpoint_meta(self) -> dict:
+        return {}
+
+    def describe(self) -> dict:
+        return {"kind": "local", "devices": jax.local_device_count()}
+
+    def close(self) -> None:
+        pass
+
+
 class MetaTrainer:
     """Meta-trains one learned optimizer on one task (family or mixture).
 
@@ -105,6 +178,8 @@ class MetaTrainer:
             programmatic use); they must honour the LearnedOptimizer and Task contracts.
         save_theta: ``save_theta(path, theta, metadata)``; default ``lopt.save_meta_params``.
         scan_unroll: ``lax.scan`` unroll factor of the inner loop (a speed knob).
+        source: where meta-gradient estimates come from; default :class:`LocalEstimates`
+            (e.g. ``lopt.distributed.RayEstimates`` for Ray workers).
     """
 
     def __init__(
@@ -116,6 +191,7 @@ class MetaTrainer:
         task=None,
         save_theta: Callable | None = None,
         scan_unroll: int = 1,
+        source: EstimateSource | None = None,
     ):
         if task is None:
             config.check_names()
@@ -127,6 +203,8 @@ class MetaTrainer:
 
             task = tasks.get(config.tasks)
         self.task = task
+        self.scan_unroll = scan_unroll
+        self.source = source if source is not None else LocalEstimates()
         self.estimator = make_estimator(
             self.optimizer, task, config.estimator_config(), scan_unroll=scan_unroll
         )
@@ -137,6 +215,7 @@ class MetaTrainer:
         self.eval_slots = allocate_slots(config.eval_tasks, self.estimator.weights)
         self._step_fn = None
         self._eval_fn = None
+        self._apply_fn = None
         #: outer step of the checkpoint now in ``out_dir`` (None: none written or loaded yet)
         self.checkpoint_step: int | None = None
 
@@ -146,7 +225,7 @@ class MetaTrainer:
         return {
             "theta": theta,
             "opt_state": self.tx.init(theta),
-            "est_state": self.estimator.init(theta, key_est),
+            **self.source.init_state(self, theta, key_est),
         }
 
     def init_state(self) -> dict:
@@ -154,20 +233,38 @@ class MetaTrainer:
         # dozens of one-op programs (~8 CPU-seconds of start-up for a digits family, vs ~4)
         return jit(self._init)(self.key_theta, self.key_est)
 
+    def _update(self, theta, opt_state, grad, valid_pairs):
+        """The outer update (every source): clipped Adam, skipped for an unusable estimate."""
+        grad_norm = optax.tree.norm(grad)
+        updates, new_opt_state = self.tx.update(grad, opt_state, theta)
+        new_theta = optax.apply_updates(theta, updates)
+        # an estimate with no valid pair (or a non-finite one) must not move theta
+        ok = (valid_pairs > 0) & jnp.isfinite(grad_norm)
+        theta = tree_where(ok, new_theta, theta)
+        opt_state = tree_where(ok, new_opt_state, opt_state)
+        return theta, opt_state, grad_norm, ~ok
+
     def _outer(self, theta, opt_state, est_state, step, key_loop):
         # the run's keys are arguments, not captured constants: runs that differ only in their
         # seed compile to the same program (the persistent compilation cache then serves them)
         key = jax.random.fold_in(key_loop, step)
         grad, est_state, diag = self.estimator.step(theta, est_state, key)
-        grad_norm = optax.tree.norm(grad)
-        updates, new_opt_state = self.tx.update(grad, opt_state, theta)
-        new_theta = optax.apply_updates(theta, updates)
-        # an estimate with no valid pair (or a non-finite one) must not move theta
-        ok = (diag["valid_pairs"] > 0) & jnp.isfinite(grad_norm)
-        theta = tree_where(ok, new_theta, theta)
-        opt_state = tree_where(ok, new_opt_state, opt_state)
-        diag = dict(diag, grad_norm=grad_norm, skipped_update=~ok)
+        theta, opt_state, grad_norm, skipped = self._update(
+            theta, opt_state, grad, diag["valid_pairs"]
+        )
+        diag = dict(diag, grad_norm=grad_norm, skipped_update=skipped)
         return theta, opt_state, est_state, diag
+
+    def apply_estimate(self, theta, opt_state, grad_sum, valid_pairs):
+        """The outer update from pooled estimator sums (``GradientEstimator.step_sum`` of one
+        or more estimators, added): returns ``(theta, opt_state, grad_norm, skipped)``."""
+        if self._apply_fn is None:
+            self._apply_fn = jit(
+                lambda theta, opt_state, grad_sum, valid: self._update(
+                    theta, opt_state, mean_gradient(grad_sum, valid), valid
+                )
+            )
+        return self._apply_fn(theta, opt_state, grad_sum, jnp.int32(valid_pairs))
 
     def _compile(self, state):
         est_sh, rep = slot_sharding(state["est_state"])
@@ -240,6 +337,7 @@ class MetaTrainer:
                 "inner_steps_per_outer_step": self.estimator.inner_steps_per_step,
                 "inner_steps_counting": "slots x truncation x particles (2 for antithetic)",
                 "resumed_at": history,
+                "engine": self.source.describe(),
                 "initial_theta": {
                     "source": "meta-initialization",
                     "key": "optimizer.init(split(PRNGKey(seed), 4)[0])",
@@ -264,13 +362,25 @@ class MetaTrainer:
 
     def _checkpoint(self, state, step: int, best: dict) -> None:
         tree = {**state, "key": self.key_loop}
-        meta = {"outer_step": step, "best": best, "config": self.config.to_dict()}
+        meta = {
+            "outer_step": step,
+            "best": best,
+            "config": self.config.to_dict(),
+            "engine": self.source.checkpoint_meta(),
+        }
         save_checkpoint(self.out / CHECKPOINT, tree, meta)
         self.checkpoint_step = step
 
-    def _load(self, template_state) -> tuple[dict, int, dict]:
+    def _load(self, template_state) -> tuple[dict, int, dict, dict | None]:
         template = {**template_state, "key": self.key_loop}
-        tree, meta = load_checkpoint(self.out / CHECKPOINT, template)
+        try:
+            tree, meta = load_checkpoint(self.out / CHECKPOINT, template)
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"{err} (if the run was started with a different --workers setting: a "
+                "checkpoint of a run with Ray workers holds no estimator state, one of a "
+                "single-process run does; resume in the mode the run was started in)"
+            ) from None
         saved = meta["config"]
         now = json.loads(json.dumps(self.config.to_dict()))  # as stored: tuples become lists
         changed = sorted(
@@ -283,7 +393,8 @@ class MetaTrainer:
             )
         tree.pop("key")
         self.checkpoint_step = int(meta["outer_step"])
-        return jax.tree.map(jnp.asarray, tree), int(meta["outer_step"]), meta["best"]
+        state = jax.tree.map(jnp.asarray, tree)
+        return state, int(meta["outer_step"]), meta["best"], meta.get("engine")
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, *, resume: bool = False, progress: bool = False, callback=None) -> dict:
@@ -299,7 +410,10 @@ class MetaTrainer:
         ``resume=True`` without a checkpoint raises :class:`CheckpointError`.
         """
         with graceful_interrupt() as interrupted:
-            return self._run(resume, progress, callback, interrupted)
+            try:
+                return self._run(resume, progress, callback, interrupted)
+            finally:
+                self.source.close()
 
     def _run(self, resume, progress, callback, interrupted) -> dict:
         cfg = self.config
@@ -315,8 +429,9 @@ class MetaTrainer:
                 + "; start a new run instead"
             )
         state = self.init_state()
+        saved_engine = None
         if resume:
-            state, start, best = self._load(state)
+            state, start, best, saved_engine = self._load(state)
             self._truncate_jsonl("metrics.jsonl", start)
             # the step-0 evaluation is redone when resuming at step 0 (see below)
             self._truncate_jsonl("eval.jsonl", start if start > 0 else -1)
@@ -331,7 +446,7 @@ class MetaTrainer:
             for name in ("metrics.jsonl", "eval.jsonl"):
                 (self.out / name).unlink(missing_ok=True)
             self._write_config(resumed_at=None)
-        state = self._compile(state)
+        state = self.source.start(self, state, start, saved_engine)
 
         def do_eval(step: int) -> dict:
             rec = self.evaluate(state["theta"])
@@ -364,14 +479,9 @@ class MetaTrainer:
             with open(self.out / "metrics.jsonl", "a") as metrics:
                 while step < cfg.outer_steps:
                     t0 = time.perf_counter()
-                    consistent = False
-                    theta, opt_state, est_state, diag = self._step_fn(
-                        state["theta"], state["opt_state"], state["est_state"], jnp.int32(step),
-                        self.key_loop,
-                    )
-                    state = {"theta": theta, "opt_state": opt_state, "est_state": est_state}
+                    consistent = not self.source.donates_state
+                    state, diag = self.source.step(self, state, step)
                     consistent = True
-                    diag = jax.device_get(diag)
                     dt = time.perf_counter() - t0
                     step += 1
                     record = {
@@ -382,7 +492,8 @@ class MetaTrainer:
                         "dropped_pairs": int(diag["dropped_pairs"]),
                         "finished_runs": int(diag["finished_runs"]),
                         "skipped_update": bool(diag["skipped_update"]),
-                        "inner_steps_per_s": self.estimator.inner_steps_per_step / dt,
+                        "inner_steps_per_s": diag["inner_steps"] / dt,
+                        **diag.get("extra", {}),
                     }
                     if step == start + 1:  # this process's first step also compiled
                         record["includes_compile"] = True
