@@ -1,7 +1,8 @@
 """Ship meta-trained weights inside the package, with a model card (``.md`` and ``.json``).
 
     python scripts/ship_weights.py --kind star --run runs/star_shipped \
-        --eval runs/shipped_eval --command "lopt meta-train --config configs/star_shipped.toml ..."
+        --eval runs/shipped_eval --eval-command "lopt evaluate ..." \
+        --command "lopt meta-train --config configs/star_shipped.toml ..."
 
 Copies ``RUN/best.safetensors`` (the theta chosen by the fixed held-out evaluation) to
 ``src/lopt/weights/<kind>.safetensors`` and writes the card: the meta-training config and exact
@@ -37,17 +38,8 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def card(kind: str, run: Path, evaluation: Path, command: str, eval_command: str,
-         wall_s: float | None, notes: str) -> tuple[dict, str]:
-    from lopt.optimizers.io import load_meta_params, read_metadata
-
-    config = json.loads((run / "config.json").read_text())
-    evals = _read_jsonl(run / "eval.jsonl")
-    metrics = _read_jsonl(run / "metrics.jsonl")
-    best = min(evals, key=lambda e: e["eval_loss"])
-    theta, opt = load_meta_params(run / "best.safetensors")
-    del theta
-    results = json.loads((evaluation / "results.json").read_text())
+def _suite_rows(kind: str, results: dict, eval_command: str) -> dict:
+    """Per suite: the optimizer's summary and per-task rows from one ``results.json``."""
     label = kind if kind in results["optimizers"] else next(iter(results["optimizers"]))
     suites = {}
     for name, suite in results["suites"].items():
@@ -65,7 +57,26 @@ def card(kind: str, run: Path, evaluation: Path, command: str, eval_command: str
                 "tuned_adam_lr": row["baseline"]["tuned_lr"],
                 "tuned_adam_final_loss": row["baseline"]["final_loss"],
             }
-        suites[name] = {"summary": suite["summary"].get(label), "tasks": rows}
+        suites[name] = {"summary": suite["summary"].get(label), "tasks": rows,
+                        "command": eval_command}
+    return suites
+
+
+def card(kind: str, run: Path, evaluations: list[Path], command: str,
+         eval_commands: list[str], wall_s: float | None, notes: str) -> tuple[dict, str]:
+    from lopt.optimizers.io import load_meta_params, read_metadata
+
+    config = json.loads((run / "config.json").read_text())
+    evals = _read_jsonl(run / "eval.jsonl")
+    metrics = _read_jsonl(run / "metrics.jsonl")
+    best = min(evals, key=lambda e: e["eval_loss"])
+    theta, opt = load_meta_params(run / "best.safetensors")
+    del theta
+    suites, settings = {}, []
+    for evaluation, eval_command in zip(evaluations, eval_commands, strict=True):
+        results = json.loads((evaluation / "results.json").read_text())
+        settings.append({"command": eval_command, "settings": results["settings"]})
+        suites.update(_suite_rows(kind, results, eval_command))
     info = {
         "name": f"lopt {kind}",
         "optimizer": {"kind": kind, "config": opt.config()},
@@ -82,11 +93,14 @@ def card(kind: str, run: Path, evaluation: Path, command: str, eval_command: str
             "environment": config.get("environment"),
             "source_metadata": read_metadata(run / "best.safetensors"),
         },
-        "evaluation": {"command": eval_command, "settings": results["settings"],
-                       "suites": suites},
+        "evaluation": {"runs": settings, "suites": suites},
         "notes": notes,
     }
     return info, _markdown(info)
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
 
 
 def _hours(seconds: float | None) -> str:
@@ -113,21 +127,24 @@ def _markdown(info: dict) -> str:
         "",
         "## Evaluation against learning-rate-tuned Adam",
         "",
-        f"Command: `{ev['command']}`. Speedup = steps Adam (best learning rate of "
-        "1e-4..1e-1 for that target) needs to reach this optimizer's final smoothed training "
-        "loss / this optimizer's steps.",
+        "Speedup = steps Adam (best learning rate of 1e-4..1e-1 for that target) needs to "
+        "reach this optimizer's final smoothed training loss / this optimizer's steps; Adam runs "
+        "4x the optimizer's steps, so values are measured up to 4. Commands:",
+        "",
+        *[f"- `{r['command']}`" for r in ev["runs"]],
         "",
     ]
     for name, suite in ev["suites"].items():
         s = suite["summary"] or {}
         med = s.get("median")
         lines += [f"### `{name}`: median speedup {med:.2f}" if med is not None else
-                  f"### `{name}`", "",
+                  f"### `{name}`", "", f"`{suite['command']}`", "",
                   "| task | steps | speedup | final loss | held-out | tuned Adam lr | diverged |",
                   "|---|---|---|---|---|---|---|"]
         for task, r in suite["tasks"].items():
-            lines.append(f"| `{task}` | {r['steps']} | {r['speedup']} | {r['final_loss']} | "
-                         f"{r['final_eval_loss']} | {r['tuned_adam_lr']} | {r['diverged']} |")
+            lines.append(f"| `{task}` | {r['steps']} | {r['speedup']} | {_num(r['final_loss'])} | "
+                         f"{_num(r['final_eval_loss'])} | {r['tuned_adam_lr']} | "
+                         f"{r['diverged']} |")
         lines.append("")
     if info["notes"]:
         lines += ["## Notes", "", info["notes"], ""]
@@ -138,13 +155,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--kind", choices=("star", "blackbox"), required=True)
     p.add_argument("--run", type=Path, required=True, help="lopt meta-train output folder")
-    p.add_argument("--eval", type=Path, required=True, help="lopt evaluate output folder")
+    p.add_argument("--eval", type=Path, action="append", required=True,
+                   help="lopt evaluate output folder (repeat for several)")
     p.add_argument("--command", required=True, help="the exact meta-training command")
-    p.add_argument("--eval-command", required=True, help="the exact evaluation command")
+    p.add_argument("--eval-command", action="append", required=True,
+                   help="the exact evaluation command, one per --eval")
     p.add_argument("--wall-s", type=float, default=None, help="meta-training wall time")
-    p.add_argument("--notes", default="", help="markdown: targets met or missed, what was tried")
+    p.add_argument("--notes", type=Path, default=None,
+                   help="markdown file: targets met or missed, what was tried")
     a = p.parse_args()
-    info, _ = card(a.kind, a.run, a.eval, a.command, a.eval_command, a.wall_s, a.notes)
+    if len(a.eval) != len(a.eval_command):
+        p.error("give one --eval-command per --eval")
+    notes = a.notes.read_text() if a.notes else ""
+    info, _ = card(a.kind, a.run, a.eval, a.command, a.eval_command, a.wall_s, notes)
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     target = WEIGHTS / f"{a.kind}.safetensors"
     shutil.copyfile(a.run / "best.safetensors", target)
