@@ -180,7 +180,8 @@ MUTATIONS = (
     Mutation(
         "estimator-mean-over-all-slots", "dropped pairs count as zeros in the mean",
         "metatrain/estimators.py",
-        (("x / jnp.maximum(valid, 1).astype(x.dtype)", "x / self.config.num_slots"),),
+        (('mean_gradient(grad_sum, totals["valid_pairs"])',
+          "mean_gradient(grad_sum, self.config.num_slots)"),),
         (ESTIMATORS,),
     ),
     # 6. truncated and non-antithetic ES/PES
@@ -205,7 +206,7 @@ MUTATIONS = (
     Mutation(
         "trainer-never-skips", "every outer update is applied, non-finite or empty ones too",
         "metatrain/trainer.py",
-        (('ok = (diag["valid_pairs"] > 0) & jnp.isfinite(grad_norm)', "ok = jnp.bool_(True)"),),
+        (("ok = (valid_pairs > 0) & jnp.isfinite(grad_norm)", "ok = jnp.bool_(True)"),),
         (TRAINER,),
     ),
     Mutation(
