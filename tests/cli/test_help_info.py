@@ -103,11 +103,15 @@ def test_info_reports_weights_path_sha256_and_model_card(tmp_path, capsys, monke
     monkeypatch.setattr(pretrained, "shipped_weights",
                         lambda kind: path if kind == "star" else None)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    (tmp_path / "star.json").write_text(json.dumps({"sha256": sha}))
+    suites = {"in-distribution": {"summary": {"median": 1.8123}},
+              "ood": {"summary": {"median": 0.3}}, "long-horizon": {"summary": None}}
+    (tmp_path / "star.json").write_text(json.dumps({"sha256": sha,
+                                                    "evaluation": {"suites": suites}}))
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"star: weights {path}" in out and f"sha256 {sha} (matches the model card)" in out
     assert "meta-trained 300 outer steps" in out
+    assert "median speedup over tuned Adam: in-distribution 1.81, ood 0.30\n" in out
     assert "blackbox: meta-initialization: no weights shipped" in out
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -39,7 +39,28 @@ def model_card(weights: Path) -> dict | None:
         recorded = json.loads(js.read_text()).get("sha256") if js.is_file() else None
     except (ValueError, AttributeError):
         recorded = None
-    return {"path": str(card), "text": card.read_text(), "sha256": recorded}
+    try:
+        suites = json.loads(js.read_text())["evaluation"]["suites"] if js.is_file() else {}
+        speedups = {name: suite["summary"]["median"] for name, suite in suites.items()
+                    if (suite.get("summary") or {}).get("median") is not None}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        speedups = {}
+    return {"path": str(card), "text": card.read_text(), "sha256": recorded,
+            "median_speedups": speedups}
+
+
+#: lines of a model card ``lopt info`` prints (the rest: the card itself, or ``--json``)
+CARD_SUMMARY_LINES = 12
+
+
+def card_summary(text: str) -> list[str]:
+    """The card's head: everything before its evaluation tables, at most a dozen lines."""
+    head = []
+    for line in text.rstrip().splitlines():
+        if line.startswith("## Evaluation"):
+            break
+        head.append(line)
+    return [x for x in head if x.strip()][:CARD_SUMMARY_LINES]
 
 
 def shipped_optimizers() -> dict:
@@ -87,7 +108,10 @@ def run(args) -> int:
         if card is None:
             print(f"{pad}  model card: none")
         else:
-            print(f"{pad}  model card {card['path']}:")
-            for line in card["text"].rstrip().splitlines():
+            print(f"{pad}  model card {card['path']} (the full card; --json has it too):")
+            for line in card_summary(card["text"]):
                 print(f"{pad}    {line}")
+            if card["median_speedups"]:
+                speedups = ", ".join(f"{k} {v:.2f}" for k, v in card["median_speedups"].items())
+                print(f"{pad}  median speedup over tuned Adam: {speedups}")
     return 0
