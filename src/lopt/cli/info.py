@@ -28,22 +28,25 @@ def add_parser(sub) -> None:
 
 
 def model_card(weights: Path) -> dict | None:
-    """The model card next to ``weights``: ``{"path", "text", "sha256"}`` with the card for
-    people (``<kind>.md``) if there is one, else the one for programs (``<kind>.json``), and the
-    sha256 the JSON card records (None without one)."""
+    """The model card next to ``weights``: ``{"path", "text", "sha256", "median_speedups"}``:
+    the card for people (``<kind>.md``) if there is one, else the one for programs
+    (``<kind>.json``), and what the JSON card records: the sha256 (None without one) and each
+    suite's median speedup ({} without them)."""
     md, js = weights.with_suffix(".md"), weights.with_suffix(".json")
     card = md if md.is_file() else js if js.is_file() else None
     if card is None:
         return None
     try:
-        recorded = json.loads(js.read_text()).get("sha256") if js.is_file() else None
-    except (ValueError, AttributeError):
-        recorded = None
+        data = json.loads(js.read_text()) if js.is_file() else {}
+    except ValueError:
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    recorded = data.get("sha256")
     try:
-        suites = json.loads(js.read_text())["evaluation"]["suites"] if js.is_file() else {}
+        suites = data["evaluation"]["suites"] if "evaluation" in data else {}
         speedups = {name: suite["summary"]["median"] for name, suite in suites.items()
                     if (suite.get("summary") or {}).get("median") is not None}
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         speedups = {}
     return {"path": str(card), "text": card.read_text(), "sha256": recorded,
             "median_speedups": speedups}
