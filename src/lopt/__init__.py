@@ -13,22 +13,17 @@ Public entry points are imported lazily so that ``lopt --help`` does not pay for
 
 from __future__ import annotations
 
+from lopt.utils.lazy import lazy_getattr
+
 __version__ = "0.1.0"
 
 _LAZY = {
-    "star": ("lopt.optimizers.pretrained", "star"),
-    "blackbox": ("lopt.optimizers.pretrained", "blackbox"),
-    "save_meta_params": ("lopt.optimizers.io", "save_meta_params"),
-    "load_meta_params": ("lopt.optimizers.io", "load_meta_params"),
+    "star": "optimizers.pretrained",
+    "blackbox": "optimizers.pretrained",
+    "save_meta_params": "optimizers.io",
+    "load_meta_params": "optimizers.io",
 }
 
 __all__ = ["__version__", *_LAZY]
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'lopt' has no attribute {name!r}")
+__getattr__ = lazy_getattr("lopt", _LAZY)

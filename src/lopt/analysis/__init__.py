@@ -19,6 +19,8 @@ Names are re-exported lazily so that importing the package does not pull in JAX.
 
 from __future__ import annotations
 
+from lopt.utils.lazy import lazy_getattr
+
 _LAZY = {
     "LinearDynamics": "linear",
     "build": "linear",
@@ -39,10 +41,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"lopt.analysis.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'lopt.analysis' has no attribute {name!r}")
+__getattr__ = lazy_getattr("lopt.analysis", _LAZY)

@@ -20,6 +20,8 @@ Programmatic use::
     result = MetaTrainer(cfg, "runs/star").run(progress=True)
 """
 
+from lopt.utils.lazy import lazy_getattr
+
 # Imported on first use (PEP 562), so that reading a config (``lopt meta-train --help``) does not
 # start JAX.
 _LAZY = {
@@ -39,10 +41,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"lopt.metatrain.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'lopt.metatrain' has no attribute {name!r}")
+__getattr__ = lazy_getattr("lopt.metatrain", _LAZY)
