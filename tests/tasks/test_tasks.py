@@ -133,7 +133,42 @@ def shape_signature(group, seed: int = 0) -> tuple:
     return tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves((params, batch)))
 
 
-@pytest.mark.parametrize("name", ["mlp_family", "cnn_family", "mlp_family_small"])
+def test_single_activation_family_computes_only_that_activation():
+    """One allowed activation is a static choice: the vmapped loss program contains no other
+    activation (a traced index would evaluate every candidate), and its losses equal the
+    fixed task's."""
+    import dataclasses
+
+    fam = dataclasses.replace(T.get("digits_mlp_family"), activations=("relu",))
+    cfgs = jax.vmap(fam.sample)(jax.random.split(jax.random.key(0), 4))
+
+    def loss(cfg, key):
+        task = fam.task(cfg)
+        params = task.init(key)
+        return task.loss(params, task.sample_batch(key))
+
+    def loss_grad_program(family, cfgs) -> str:  # the training step's part: params given
+        def grad(cfg, params, key):
+            task = family.task(cfg)
+            return jax.grad(task.loss)(params, task.sample_batch(key))
+
+        keys = jax.random.split(jax.random.key(1), 4)
+        params = jax.vmap(lambda c, k: family.task(c).init(k))(cfgs, keys)
+        return str(jax.make_jaxpr(jax.vmap(grad))(cfgs, params, keys))
+
+    relu_only = loss_grad_program(fam, cfgs)
+    assert "tanh" not in relu_only and "logistic" not in relu_only
+    # all four activations: a traced index, and the other activations are in the program
+    assert "tanh" in loss_grad_program(T.get("digits_mlp_family"), cfgs)
+    keys = jax.random.split(jax.random.key(1), 4)
+    got = jax.vmap(loss)(cfgs, keys)
+    for i in range(4):  # same numbers as the relu family member computed on its own
+        cfg_i = jax.tree.map(lambda x, i=i: x[i], cfgs)
+        np.testing.assert_allclose(float(got[i]), float(loss(cfg_i, keys[i])), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name", ["mlp_family", "cnn_family", "mlp_family_small", "mlp_broad"])
 def test_mixture_groups_share_shapes_within_and_differ_across(name):
     mix = T.get(name)
     assert isinstance(mix, TaskMixture) and as_groups(mix) == mix.groups

@@ -204,7 +204,10 @@ class ClassifierFamily:
             self.model,
             self.data,
             self.batch_size,
-            act_index=cfg["act"],
+            # one allowed activation: a static choice, so the program computes only that one
+            # (a traced index under vmap evaluates every candidate and its derivative)
+            act_index=(activation_index(self.activations[0]) if len(self.activations) == 1
+                       else cfg["act"]),
             init_scale=jnp.exp(cfg["log_init_scale"]),
             data_offset=cfg["data_offset"],
             subset_size=max(1, int(self.subset_fraction * self.data.num_train)),
