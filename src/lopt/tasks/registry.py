@@ -143,6 +143,36 @@ def _mlp_family():
     return TaskMixture("mlp_family", groups)
 
 
+#: (hidden widths, batch size, dataset) of the extra MLP groups of ``mlp_broad``: deeper and
+#: wider than any ``mlp_family`` group, on the dataset the ood suite's deep/wide task does not use.
+MLP_BROAD_EXTRA_SHAPES: tuple[tuple[tuple[int, ...], int, str], ...] = (
+    ((64, 64, 64), 128, "mnist1d"),
+    ((256,), 128, "digits"),
+)
+
+
+def _mlp_broad():
+    """``mlp_family`` plus deeper/wider MLPs and MNIST-1D autoencoders (MSE).
+
+    Why: the shipped STAR meta-trained on ``mlp_family`` alone stalls at a noise floor on the
+    ood suite's wider/deeper MLPs and on the (digits) autoencoder; this mix shows it such tasks
+    without using the ood suite's own ones (other dataset or shape).
+    """
+    from lopt.tasks.base import FixedTaskFamily
+    from lopt.tasks.mlp import autoencoder_task, mlp_family
+
+    data = {"digits": _digits(), "mnist1d": _mnist1d()}
+    extra = tuple(
+        mlp_family(data[ds], hidden=hidden, batch_size=batch)
+        for hidden, batch, ds in MLP_BROAD_EXTRA_SHAPES
+    )
+    autoencoders = tuple(
+        FixedTaskFamily(autoencoder_task(data["mnist1d"], hidden=hidden, batch_size=128))
+        for hidden in ((16,), (64, 32))
+    )
+    return TaskMixture("mlp_broad", get("mlp_family").groups + extra + autoencoders)
+
+
 def _mlp_family_small():
     return TaskMixture("mlp_family_small", (get("digits_mlp_family"), get("mnist1d_mlp_family")))
 
@@ -199,6 +229,8 @@ _ENTRIES: tuple[Entry, ...] = (
           _mnist1d_mlp_family, "family"),
     Entry("mlp_family", "digits + MNIST-1D MLPs, 3 width/depth/batch groups each (mixture)",
           _mlp_family, "mixture"),
+    Entry("mlp_broad", "mlp_family + deeper/wider MLPs + MNIST-1D autoencoders (10 groups)",
+          _mlp_broad, "mixture"),
     Entry("mlp_family_small", "digits + MNIST-1D MLPs of one shape each (2 groups, fast compile)",
           _mlp_family_small, "mixture"),
     Entry("cnn_family", "digits CNNs, 3 channel/depth/batch groups (mixture)",
