@@ -45,7 +45,7 @@ from lopt.metatrain.checkpoint import CheckpointError, load_checkpoint, save_che
 from lopt.metatrain.config import MetaTrainConfig
 from lopt.metatrain.estimators import allocate_slots, make_estimator, mean_gradient
 from lopt.metatrain.unroll import tree_where
-from lopt.utils.compile import jit
+from lopt.utils.compile import compile_concurrently, jit
 from lopt.utils.interrupt import graceful_interrupt
 from lopt.utils.io import atomic_write_bytes, atomic_write_json
 
@@ -267,40 +267,59 @@ class MetaTrainer:
         return self._apply_fn(theta, opt_state, grad_sum, jnp.int32(valid_pairs))
 
     def _compile(self, state):
+        """Compile the outer step, and the held-out evaluation with it (side by side: see
+        :func:`lopt.utils.compile.compile_concurrently`); returns the state placed for it."""
         est_sh, rep = slot_sharding(state["est_state"])
         if est_sh is None:
-            self._step_fn = jit(self._outer, donate_argnums=(0, 1, 2))
-            return state
-        self._step_fn = jit(
-            self._outer,
-            donate_argnums=(0, 1, 2),
-            in_shardings=(rep, rep, est_sh, rep, rep),
-            out_shardings=(rep, rep, est_sh, rep),
-        )
-        return {
-            "theta": jax.device_put(state["theta"], rep),
-            "opt_state": jax.device_put(state["opt_state"], rep),
-            "est_state": jax.device_put(state["est_state"], est_sh),
-        }
+            step_fn = jit(self._outer, donate_argnums=(0, 1, 2))
+        else:
+            step_fn = jit(
+                self._outer,
+                donate_argnums=(0, 1, 2),
+                in_shardings=(rep, rep, est_sh, rep, rep),
+                out_shardings=(rep, rep, est_sh, rep),
+            )
+            state = {
+                "theta": jax.device_put(state["theta"], rep),
+                "opt_state": jax.device_put(state["opt_state"], rep),
+                "est_state": jax.device_put(state["est_state"], est_sh),
+            }
+        lowered = [
+            step_fn.lower(
+                state["theta"], state["opt_state"], state["est_state"], jnp.int32(0),
+                self.key_loop,
+            )
+        ]
+        if self.config.eval_every and self._eval_fn is None:
+            lowered.append(self._eval_program().lower(state["theta"], self.key_eval))
+        compiled = compile_concurrently(lowered)
+        self._step_fn = compiled[0]
+        if len(compiled) > 1:
+            self._eval_fn = compiled[1]
+        return state
+
+    def _eval_program(self):
+        """The jitted held-out evaluation: (theta, key) -> (mean loss along, mean final loss)."""
+
+        def ev(theta, key_eval):
+            along, final, total = 0.0, 0.0, 0
+            for i, (unroll, n) in enumerate(
+                zip(self.estimator.unrolls, self.eval_slots, strict=True)
+            ):
+                if n == 0:
+                    continue
+                a, f = unroll.evaluate(
+                    theta, jax.random.fold_in(key_eval, i), n, self.config.eval_horizon
+                )
+                along, final, total = along + jnp.sum(a), final + jnp.sum(f), total + n
+            return along / total, final / total
+
+        return jit(ev)
 
     def evaluate(self, theta) -> dict:
         """Mean normalized loss of ``theta`` on the fixed held-out draws (same every call)."""
         if self._eval_fn is None:
-
-            def ev(theta, key_eval):
-                along, final, total = 0.0, 0.0, 0
-                for i, (unroll, n) in enumerate(
-                    zip(self.estimator.unrolls, self.eval_slots, strict=True)
-                ):
-                    if n == 0:
-                        continue
-                    a, f = unroll.evaluate(
-                        theta, jax.random.fold_in(key_eval, i), n, self.config.eval_horizon
-                    )
-                    along, final, total = along + jnp.sum(a), final + jnp.sum(f), total + n
-                return along / total, final / total
-
-            self._eval_fn = jit(ev)
+            self._eval_fn = self._eval_program()
         along, final = self._eval_fn(theta, self.key_eval)
         return {"eval_loss": float(along), "eval_final_loss": float(final)}
 

@@ -83,3 +83,40 @@ def jit(fun, **kwargs):
 
     enable_compilation_cache()
     return jax.jit(fun, compiler_options=compiler_options() or None, **kwargs)
+
+
+def compile_concurrently(lowered: list) -> list:
+    """Compile several lowered programs (``jit(f).lower(...)``) side by side; same order back.
+
+    Why: XLA's compile releases the GIL, so on a multi-core CPU independent programs (a
+    meta-training step and its held-out evaluation, each tens of seconds for a task mixture)
+    compile in parallel instead of one after the other. Tracing and lowering stay serial (they
+    are Python). Daemon threads: an interrupted process does not wait for a compile to finish.
+    The persistent cache serves and stores these programs as it does ``jit``'s.
+    """
+    import threading
+
+    if len(lowered) < 2:
+        return [low.compile() for low in lowered]
+    results: list = [None] * len(lowered)
+    errors: list = [None] * len(lowered)
+
+    def work(i: int) -> None:
+        try:
+            results[i] = lowered[i].compile()
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors[i] = exc
+
+    threads = [
+        threading.Thread(target=work, args=(i,), daemon=True, name=f"lopt-compile-{i}")
+        for i in range(1, len(lowered))
+    ]
+    for t in threads:
+        t.start()
+    work(0)  # the caller's thread compiles the first program itself
+    for t in threads:
+        t.join()
+    for exc in errors:
+        if exc is not None:
+            raise exc
+    return results
