@@ -130,10 +130,11 @@ def test_unknown_config_key_is_refused_not_ignored(monkeypatch):
         lopt.torch.STAR([w], theta=NewSTAR().init(jax.random.PRNGKey(0)))
     with pytest.raises(UnsupportedConfigError, match="accumulators.new_decay"):
         check_supported("star", {**STAR().config(), "accumulators": {"new_decay": 0.5}})
-    # a JAX switch torch does not implement yet is accepted off and refused on
-    check_supported("star", STAR(tensor_features=False).config())
-    with pytest.raises(UnsupportedConfigError, match="tensor_features=True"):
-        check_supported("star", STAR(tensor_features=True).config())
+    # a JAX switch torch does not implement yet is accepted at its "off" value, refused on
+    monkeypatch.setitem(lopt.torch.switches.OFF_ONLY, "star", {"future_switch": False})
+    check_supported("star", {**STAR().config(), "future_switch": False})
+    with pytest.raises(UnsupportedConfigError, match="future_switch=True"):
+        check_supported("star", {**STAR().config(), "future_switch": True})
 
 
 def test_params_without_grad_are_skipped():

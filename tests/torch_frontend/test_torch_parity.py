@@ -62,11 +62,16 @@ CASES = [
     ("star-nominal-sgd", "star", dict(nominal="sgd", alpha=1e-2), ("random",)),
     ("star-nominal-adam", "star", dict(nominal="adam"), ("random",)),
     ("star-nominal-none", "star", dict(nominal="none", step_multiplier=1e-3), ("random",)),
+    ("star-tensor-features", "star",
+     dict(precondition_mode="ratio", step_size_controller=True, step_size_multiplier=10.0,
+          tensor_features=True, step_multiplier=1e-3),
+     ("random",)),
     ("blackbox", "blackbox", {}, ("shipped", "random")),
+    ("blackbox-tensor-features", "blackbox", dict(tensor_features=True), ("random",)),
 ]
 # One case per code path runs in the default suite; CI also runs the rest (``-m slow``).
 FAST = {"star-default-random", "star-flipped-random", "star-ratio-random",
-        "star-controllers-random", "blackbox-random"}
+        "star-controllers-random", "star-tensor-features-random", "blackbox-random"}
 PARAMS = [
     pytest.param(
         kind, switches, source, id=f"{name}-{source}",

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lopt.optimizers.features import (
+    ADAM_CHANNELS,
     ADAM_EPS,
     FACTORED_EPS,
     NUM_TENSOR_FEATURES,
@@ -203,3 +204,16 @@ def time_scales(device) -> torch.Tensor:
 def time_features(step: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """``tanh(t / tau - 1)`` for the 11 time scales, from this parameter's step count."""
     return torch.tanh(step.to(torch.float32) / scales - 1.0)
+
+
+def tensor_statistics(g: torch.Tensor, st: dict, rms: torch.Tensor) -> torch.Tensor:
+    """The six tensor-level inputs of ``tensor_features=True`` (see the JAX twin
+    :func:`lopt.optimizers.features.tensor_statistics`): ``log rms`` of the three Adam ratio
+    channels and ``cos(g, m_i)`` for the three momenta."""
+    log_rms = torch.log(rms[list(ADAM_CHANNELS)])
+    m = st["m"].reshape(3, -1)
+    flat = g.reshape(1, -1)
+    gg = torch.sum(flat * flat)
+    dots = torch.sum(m * flat, dim=1)
+    mm = torch.sum(m * m, dim=1)
+    return torch.cat([log_rms, dots * torch.rsqrt(gg * mm + 1e-30)])

@@ -25,6 +25,7 @@ from lopt.torch.features import (
     as_tensor_shape,
     init_leaf_state,
     leaf_features,
+    tensor_statistics,
     time_features,
     update_accumulators,
 )
@@ -161,6 +162,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         update_accumulators(st, g32, meta.decays, ws)
         feats = leaf_features(p32, g32, st, ws)
         tfeat = time_features(st["step"], meta.scales)
+        if self.optimizer_config.tensor_features:
+            tfeat = torch.cat([tfeat, tensor_statistics(g32, st, feats.rms)])
         outs = mlp_outputs(meta.layers, feats, tfeat, shape, ws)
         delta = LEAF_DELTA[self.kind](cfg, outs, p32, g32, st, feats.rsqrt_v)
         p.add_(delta.view(p.shape).to(p.dtype))

@@ -27,9 +27,12 @@ ARCHITECTURE = {
             "nominal_controller",
             "regularization_controller",
             "step_size_controller",
+            "tensor_features",
         }
     ),
-    "blackbox": frozenset({"hidden_sizes", "accumulators", "output_init_scale"}),
+    "blackbox": frozenset(
+        {"hidden_sizes", "accumulators", "output_init_scale", "tensor_features"}
+    ),
 }
 
 GROUP_SWITCHES = {
@@ -56,10 +59,7 @@ GROUP_SWITCHES = {
 
 #: JAX switches the torch front-end does not implement yet, accepted only at their "off" value
 #: (every config carries them, so refusing the key outright would refuse every config).
-OFF_ONLY = {
-    "star": {"tensor_features": False},
-    "blackbox": {"tensor_features": False},
-}
+OFF_ONLY: dict[str, dict] = {"star": {}, "blackbox": {}}
 
 #: fields of the accumulator config (nested under ``accumulators``).
 ACCUMULATOR_KEYS = frozenset({"momentum_decays", "rms_decay", "factored_decays"})
