@@ -173,6 +173,16 @@ def _mlp_broad():
     return TaskMixture("mlp_broad", get("mlp_family").groups + extra + autoencoders)
 
 
+def _mlp_family_rescaled():
+    """``mlp_family`` with every group under a random per-tensor rescaling (scales in
+    [1/10, 10]; see :mod:`lopt.tasks.augment`)."""
+    from lopt.tasks.augment import RescaledFamily
+
+    return TaskMixture(
+        "mlp_family_rescaled", tuple(RescaledFamily(g) for g in get("mlp_family").groups)
+    )
+
+
 def _mlp_family_small():
     return TaskMixture("mlp_family_small", (get("digits_mlp_family"), get("mnist1d_mlp_family")))
 
@@ -231,6 +241,9 @@ _ENTRIES: tuple[Entry, ...] = (
           _mlp_family, "mixture"),
     Entry("mlp_broad", "mlp_family + deeper/wider MLPs + MNIST-1D autoencoders (10 groups)",
           _mlp_broad, "mixture"),
+    Entry("mlp_family_rescaled",
+          "mlp_family under random per-tensor parameter rescaling in [1/10, 10] (augmentation)",
+          _mlp_family_rescaled, "mixture"),
     Entry("mlp_family_small", "digits + MNIST-1D MLPs of one shape each (2 groups, fast compile)",
           _mlp_family_small, "mixture"),
     Entry("cnn_family", "digits CNNs, 3 channel/depth/batch groups (mixture)",
