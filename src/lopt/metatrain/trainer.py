@@ -214,6 +214,7 @@ class MetaTrainer:
         self.key_theta, self.key_est, self.key_eval, self.key_loop = jax.random.split(root, 4)
         self.eval_slots = allocate_slots(config.eval_tasks, self.estimator.weights)
         self._step_fn = None
+        self._placement: tuple = (None, None)  # (estimator-state shardings, replicated)
         self._eval_fn = None
         self._apply_fn = None
         #: outer step of the checkpoint now in ``out_dir`` (None: none written or loaded yet)
@@ -230,7 +231,11 @@ class MetaTrainer:
 
     def init_state(self) -> dict:
         # one compiled program: run eagerly, the vmapped task and state initializations compiled
-        # dozens of one-op programs (~8 CPU-seconds of start-up for a digits family, vs ~4)
+        # dozens of one-op programs (~8 CPU-seconds of start-up for a digits family, vs ~4).
+        # With the local source, the outer step and the evaluation compile alongside it, from
+        # the state's shapes (see _compile_programs).
+        if isinstance(self.source, LocalEstimates) and self._step_fn is None:
+            return self._compile_programs()(self.key_theta, self.key_est)
         return jit(self._init)(self.key_theta, self.key_est)
 
     def _update(self, theta, opt_state, grad, valid_pairs):
@@ -266,37 +271,57 @@ class MetaTrainer:
             )
         return self._apply_fn(theta, opt_state, grad_sum, jnp.int32(valid_pairs))
 
-    def _compile(self, state):
-        """Compile the outer step, and the held-out evaluation with it (side by side: see
-        :func:`lopt.utils.compile.compile_concurrently`); returns the state placed for it."""
-        est_sh, rep = slot_sharding(state["est_state"])
+    def _step_program(self, est_state):
+        """The jitted outer step (state donated; slots sharded over several local devices) and
+        the ``(state shardings, replicated)`` of :func:`slot_sharding` (``None`` on one)."""
+        est_sh, rep = slot_sharding(est_state)
         if est_sh is None:
-            step_fn = jit(self._outer, donate_argnums=(0, 1, 2))
-        else:
-            step_fn = jit(
-                self._outer,
-                donate_argnums=(0, 1, 2),
-                in_shardings=(rep, rep, est_sh, rep, rep),
-                out_shardings=(rep, rep, est_sh, rep),
-            )
-            state = {
-                "theta": jax.device_put(state["theta"], rep),
-                "opt_state": jax.device_put(state["opt_state"], rep),
-                "est_state": jax.device_put(state["est_state"], est_sh),
-            }
+            return jit(self._outer, donate_argnums=(0, 1, 2)), None, None
+        step_fn = jit(
+            self._outer,
+            donate_argnums=(0, 1, 2),
+            in_shardings=(rep, rep, est_sh, rep, rep),
+            out_shardings=(rep, rep, est_sh, rep),
+        )
+        return step_fn, est_sh, rep
+
+    def _compile_programs(self):
+        """Compile the initialization, the outer step and the held-out evaluation side by side
+        (:func:`lopt.utils.compile.compile_concurrently`: XLA releases the GIL, so on a
+        multi-core CPU start-up waits for the largest program, not for the sum), lowering the
+        step and the evaluation from the state's shapes; returns the compiled initialization."""
+        shapes = jax.eval_shape(self._init, self.key_theta, self.key_est)
+        step_fn, est_sh, rep = self._step_program(shapes["est_state"])
+        theta, opt_state, est_state = shapes["theta"], shapes["opt_state"], shapes["est_state"]
+        if est_sh is not None:  # the step and the evaluation see the placed state
+            theta = jax.tree.map(lambda x: x.update(sharding=rep), theta)
+            opt_state = jax.tree.map(lambda x: x.update(sharding=rep), opt_state)
         lowered = [
-            step_fn.lower(
-                state["theta"], state["opt_state"], state["est_state"], jnp.int32(0),
-                self.key_loop,
-            )
+            jit(self._init).lower(self.key_theta, self.key_est),
+            step_fn.lower(theta, opt_state, est_state, jnp.int32(0), self.key_loop),
         ]
-        if self.config.eval_every and self._eval_fn is None:
-            lowered.append(self._eval_program().lower(state["theta"], self.key_eval))
+        if self.config.eval_every:
+            lowered.append(self._eval_program().lower(theta, self.key_eval))
         compiled = compile_concurrently(lowered)
-        self._step_fn = compiled[0]
-        if len(compiled) > 1:
-            self._eval_fn = compiled[1]
-        return state
+        self._step_fn = compiled[1]
+        self._placement = (est_sh, rep)
+        if len(compiled) > 2:
+            self._eval_fn = compiled[2]
+        return compiled[0]
+
+    def _compile(self, state):
+        """Compile the outer step (unless :meth:`init_state` already did); returns the state
+        placed for it."""
+        if self._step_fn is None:
+            self._step_fn, *self._placement = self._step_program(state["est_state"])
+        est_sh, rep = self._placement
+        if est_sh is None:
+            return state
+        return {
+            "theta": jax.device_put(state["theta"], rep),
+            "opt_state": jax.device_put(state["opt_state"], rep),
+            "est_state": jax.device_put(state["est_state"], est_sh),
+        }
 
     def _eval_program(self):
         """The jitted held-out evaluation: (theta, key) -> (mean loss along, mean final loss)."""
