@@ -45,3 +45,17 @@ def test_rescaled_family_vmaps_and_registry_mixture_wraps_every_group():
     assert losses.shape == (4,) and bool(jnp.all(jnp.isfinite(losses)))
     with pytest.raises(ValueError, match="max_scale"):
         RescaledFamily(T.get("digits_mlp_family"), max_scale=0.5)
+
+
+def test_identity_fraction_keeps_that_share_of_draws_unscaled():
+    base = T.get("digits_mlp_family")
+    keys = jax.random.split(jax.random.PRNGKey(0), 400)
+    logs = np.asarray(jax.vmap(RescaledFamily(base, identity_fraction=0.5).sample)(keys)[
+        "log_scale"])
+    unscaled = np.all(logs == 0.0, axis=1)
+    assert 0.4 < unscaled.mean() < 0.6  # binomial(400, 0.5): +-5 sd
+    assert np.all(np.abs(logs[~unscaled]) > 0)  # the others are rescaled, every tensor
+    never = np.asarray(jax.vmap(RescaledFamily(base).sample)(keys)["log_scale"])
+    assert not np.any(np.all(never == 0.0, axis=1))
+    with pytest.raises(ValueError, match="identity_fraction"):
+        RescaledFamily(base, identity_fraction=1.5)

@@ -8,9 +8,11 @@ step size each tensor needs by ``1 / s`` without changing the problem, so the le
 has to read what a tensor needs from its features rather than memorize it. Celo's authors
 report such rescaling as one of two sources of its generalization.
 
-``RescaledFamily(base, max_scale)`` draws ``log s`` uniformly in ``[-ln max_scale, ln
-max_scale]`` per parameter tensor (a traced configuration: one same-shape family still vmaps),
-and returns the base task with ``init = p0 / s`` and ``loss(q) = loss_base(q * s)``.
+``RescaledFamily(base, max_scale, identity_fraction)`` draws ``log s`` uniformly in
+``[-ln max_scale, ln max_scale]`` per parameter tensor (a traced configuration: one same-shape
+family still vmaps) -- or ``s = 1`` for a draw with probability ``identity_fraction``, so that
+the unaugmented problems stay in the mix -- and returns the base task with ``init = p0 / s``
+and ``loss(q) = loss_base(q * s)``.
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ class RescaledFamily:
 
     base: TaskFamily
     max_scale: float = 10.0
+    identity_fraction: float = 0.0
     num_tensors: int = field(init=False)
 
     def __post_init__(self):
         if not self.max_scale >= 1.0:
             raise ValueError(f"max_scale must be >= 1, got {self.max_scale}")
+        if not 0.0 <= self.identity_fraction <= 1.0:
+            raise ValueError(f"identity_fraction must be in [0, 1], got {self.identity_fraction}")
         key = jax.random.PRNGKey(0)
         shapes = jax.eval_shape(lambda k: self.base.task(self.base.sample(k)).init(k), key)
         object.__setattr__(self, "num_tensors", len(jax.tree.leaves(shapes)))
@@ -49,12 +54,13 @@ class RescaledFamily:
         return f"{self.base.name}_rescaled"
 
     def sample(self, key: jax.Array):
-        k_base, k_scale = jax.random.split(key)
+        k_base, k_scale, k_identity = jax.random.split(key, 3)
         r = math.log(self.max_scale)
-        return {
-            "base": self.base.sample(k_base),
-            "log_scale": jax.random.uniform(k_scale, (self.num_tensors,), jnp.float32, -r, r),
-        }
+        log_scale = jax.random.uniform(k_scale, (self.num_tensors,), jnp.float32, -r, r)
+        if self.identity_fraction > 0:
+            identity = jax.random.uniform(k_identity) < self.identity_fraction
+            log_scale = jnp.where(identity, 0.0, log_scale)
+        return {"base": self.base.sample(k_base), "log_scale": log_scale}
 
     def task(self, cfg) -> Task:
         t = self.base.task(cfg["base"])

@@ -183,6 +183,16 @@ def _mlp_family_rescaled():
     )
 
 
+def _mlp_family_half_rescaled():
+    """``mlp_family`` where half of the draws are rescaled as in ``mlp_family_rescaled``."""
+    from lopt.tasks.augment import RescaledFamily
+
+    return TaskMixture(
+        "mlp_family_half_rescaled",
+        tuple(RescaledFamily(g, identity_fraction=0.5) for g in get("mlp_family").groups),
+    )
+
+
 def _mlp_family_small():
     return TaskMixture("mlp_family_small", (get("digits_mlp_family"), get("mnist1d_mlp_family")))
 
@@ -244,6 +254,9 @@ _ENTRIES: tuple[Entry, ...] = (
     Entry("mlp_family_rescaled",
           "mlp_family under random per-tensor parameter rescaling in [1/10, 10] (augmentation)",
           _mlp_family_rescaled, "mixture"),
+    Entry("mlp_family_half_rescaled",
+          "mlp_family, half of the draws under random per-tensor rescaling in [1/10, 10]",
+          _mlp_family_half_rescaled, "mixture"),
     Entry("mlp_family_small", "digits + MNIST-1D MLPs of one shape each (2 groups, fast compile)",
           _mlp_family_small, "mixture"),
     Entry("cnn_family", "digits CNNs, 3 channel/depth/batch groups (mixture)",
