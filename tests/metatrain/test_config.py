@@ -59,3 +59,11 @@ def test_toml_load_and_overrides(tmp_path):
     assert over.optimizer_kwargs == {"step_multiplier": 1e-4, "alpha": 2e-3}
     assert MetaTrainConfig.from_dict(over.to_dict()) == over
     MetaTrainConfig.from_toml(CONFIGS / "blackbox_digits.toml").check_names()
+
+
+def test_every_shipped_config_loads_and_names_real_tasks_and_optimizers():
+    files = sorted(CONFIGS.rglob("*.toml"))
+    assert len(files) >= 8
+    for path in files:
+        cfg = MetaTrainConfig.from_toml(path)
+        cfg.check_names()

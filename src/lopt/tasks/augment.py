@@ -54,13 +54,14 @@ class RescaledFamily:
         return f"{self.base.name}_rescaled"
 
     def sample(self, key: jax.Array):
-        k_base, k_scale, k_identity = jax.random.split(key, 3)
+        # (two keys without the identity draw: the draws of the study runs stay reproducible)
+        keys = jax.random.split(key, 3 if self.identity_fraction > 0 else 2)
         r = math.log(self.max_scale)
-        log_scale = jax.random.uniform(k_scale, (self.num_tensors,), jnp.float32, -r, r)
+        log_scale = jax.random.uniform(keys[1], (self.num_tensors,), jnp.float32, -r, r)
         if self.identity_fraction > 0:
-            identity = jax.random.uniform(k_identity) < self.identity_fraction
+            identity = jax.random.uniform(keys[2]) < self.identity_fraction
             log_scale = jnp.where(identity, 0.0, log_scale)
-        return {"base": self.base.sample(k_base), "log_scale": log_scale}
+        return {"base": self.base.sample(keys[0]), "log_scale": log_scale}
 
     def task(self, cfg) -> Task:
         t = self.base.task(cfg["base"])
