@@ -18,7 +18,8 @@ def test_compile_concurrently_returns_each_program_in_order():
         np.testing.assert_array_equal(np.asarray(c(x)), np.asarray(f(x)))
 
 
-def test_compile_concurrently_uses_other_threads_and_reraises_their_errors():
+def test_compile_concurrently_uses_other_threads_and_reraises_their_errors(monkeypatch):
+    monkeypatch.delenv("LOPT_COMPILE_SERIAL", raising=False)
     seen = []
 
     class Fake:
@@ -36,3 +37,16 @@ def test_compile_concurrently_uses_other_threads_and_reraises_their_errors():
     with pytest.raises(RuntimeError, match="compile 2 failed"):
         compile_concurrently([Fake(1), Fake(2, fail=True)])
     assert compile_concurrently([Fake(7)]) == [7]
+
+
+def test_serial_switch_compiles_in_the_callers_thread(monkeypatch):
+    seen = []
+
+    class Fake:
+        def compile(self):
+            seen.append(threading.current_thread().name)
+            return len(seen)
+
+    monkeypatch.setenv("LOPT_COMPILE_SERIAL", "1")
+    assert compile_concurrently([Fake(), Fake(), Fake()]) == [1, 2, 3]
+    assert set(seen) == {threading.current_thread().name}
