@@ -214,7 +214,6 @@ class MetaTrainer:
         self.key_theta, self.key_est, self.key_eval, self.key_loop = jax.random.split(root, 4)
         self.eval_slots = allocate_slots(config.eval_tasks, self.estimator.weights)
         self._step_fn = None
-        self._placement: tuple = (None, None)  # (estimator-state shardings, replicated)
         self._eval_fn = None
         self._apply_fn = None
         #: outer step of the checkpoint now in ``out_dir`` (None: none written or loaded yet)
@@ -271,19 +270,17 @@ class MetaTrainer:
             )
         return self._apply_fn(theta, opt_state, grad_sum, jnp.int32(valid_pairs))
 
-    def _step_program(self, est_state):
-        """The jitted outer step (state donated; slots sharded over several local devices) and
-        the ``(state shardings, replicated)`` of :func:`slot_sharding` (``None`` on one)."""
-        est_sh, rep = slot_sharding(est_state)
+    def _step_program(self, est_sh, rep):
+        """The jitted outer step: state donated; with ``(est_sh, rep)`` from
+        :func:`slot_sharding` (``None`` on one device) the slots are sharded over the devices."""
         if est_sh is None:
-            return jit(self._outer, donate_argnums=(0, 1, 2)), None, None
-        step_fn = jit(
+            return jit(self._outer, donate_argnums=(0, 1, 2))
+        return jit(
             self._outer,
             donate_argnums=(0, 1, 2),
             in_shardings=(rep, rep, est_sh, rep, rep),
             out_shardings=(rep, rep, est_sh, rep),
         )
-        return step_fn, est_sh, rep
 
     def _compile_programs(self):
         """Compile the initialization, the outer step and the held-out evaluation side by side
@@ -291,20 +288,21 @@ class MetaTrainer:
         multi-core CPU start-up waits for the largest program, not for the sum), lowering the
         step and the evaluation from the state's shapes; returns the compiled initialization."""
         shapes = jax.eval_shape(self._init, self.key_theta, self.key_est)
-        step_fn, est_sh, rep = self._step_program(shapes["est_state"])
         theta, opt_state, est_state = shapes["theta"], shapes["opt_state"], shapes["est_state"]
+        est_sh, rep = slot_sharding(est_state)
         if est_sh is not None:  # the step and the evaluation see the placed state
             theta = jax.tree.map(lambda x: x.update(sharding=rep), theta)
             opt_state = jax.tree.map(lambda x: x.update(sharding=rep), opt_state)
         lowered = [
             jit(self._init).lower(self.key_theta, self.key_est),
-            step_fn.lower(theta, opt_state, est_state, jnp.int32(0), self.key_loop),
+            self._step_program(est_sh, rep).lower(
+                theta, opt_state, est_state, jnp.int32(0), self.key_loop
+            ),
         ]
         if self.config.eval_every:
             lowered.append(self._eval_program().lower(theta, self.key_eval))
         compiled = compile_concurrently(lowered)
         self._step_fn = compiled[1]
-        self._placement = (est_sh, rep)
         if len(compiled) > 2:
             self._eval_fn = compiled[2]
         return compiled[0]
@@ -312,9 +310,9 @@ class MetaTrainer:
     def _compile(self, state):
         """Compile the outer step (unless :meth:`init_state` already did); returns the state
         placed for it."""
+        est_sh, rep = slot_sharding(state["est_state"])
         if self._step_fn is None:
-            self._step_fn, *self._placement = self._step_program(state["est_state"])
-        est_sh, rep = self._placement
+            self._step_fn = self._step_program(est_sh, rep)
         if est_sh is None:
             return state
         return {
