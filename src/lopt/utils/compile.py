@@ -31,6 +31,11 @@ DEFAULT_OPT_LEVEL = 1
 MIN_CACHED_COMPILE_SECONDS = 0.5
 
 
+def _env_flag(name: str) -> bool:
+    """An on/off environment switch: on when set to anything but empty or ``0``."""
+    return os.environ.get(name, "0") not in ("", "0")
+
+
 def cache_root() -> Path:
     """``$LOPT_CACHE`` or ``~/.cache/lopt`` (generated data and compiled programs live here)."""
     return Path(os.environ.get("LOPT_CACHE", Path.home() / ".cache" / "lopt"))
@@ -47,7 +52,7 @@ def enable_compilation_cache() -> bool:
 
     if jax.config.jax_compilation_cache_dir:
         return True  # the user's (or an earlier call's) choice stands
-    if os.environ.get("LOPT_NO_COMPILE_CACHE", "0") not in ("", "0"):
+    if _env_flag("LOPT_NO_COMPILE_CACHE"):
         return False
     folder = cache_root() / "jax"
     try:
@@ -98,8 +103,7 @@ def compile_concurrently(lowered: list) -> list:
     """
     import threading
 
-    serial = os.environ.get("LOPT_COMPILE_SERIAL", "0") not in ("", "0")
-    if len(lowered) < 2 or serial:
+    if len(lowered) < 2 or _env_flag("LOPT_COMPILE_SERIAL"):
         return [low.compile() for low in lowered]
     results: list = [None] * len(lowered)
     errors: list = [None] * len(lowered)
