@@ -173,23 +173,18 @@ def _mlp_broad():
     return TaskMixture("mlp_broad", get("mlp_family").groups + extra + autoencoders)
 
 
-def _mlp_family_rescaled():
+def _mlp_family_rescaled(name: str = "mlp_family_rescaled", identity_fraction: float = 0.0):
     """``mlp_family`` with every group under a random per-tensor rescaling (scales in
-    [1/10, 10]; see :mod:`lopt.tasks.augment`)."""
+    [1/10, 10]; see :mod:`lopt.tasks.augment`), a draw left unscaled with probability
+    ``identity_fraction``."""
     from lopt.tasks.augment import RescaledFamily
 
     return TaskMixture(
-        "mlp_family_rescaled", tuple(RescaledFamily(g) for g in get("mlp_family").groups)
-    )
-
-
-def _mlp_family_half_rescaled():
-    """``mlp_family`` where half of the draws are rescaled as in ``mlp_family_rescaled``."""
-    from lopt.tasks.augment import RescaledFamily
-
-    return TaskMixture(
-        "mlp_family_half_rescaled",
-        tuple(RescaledFamily(g, identity_fraction=0.5) for g in get("mlp_family").groups),
+        name,
+        tuple(
+            RescaledFamily(g, identity_fraction=identity_fraction)
+            for g in get("mlp_family").groups
+        ),
     )
 
 
@@ -256,7 +251,7 @@ _ENTRIES: tuple[Entry, ...] = (
           _mlp_family_rescaled, "mixture"),
     Entry("mlp_family_half_rescaled",
           "mlp_family, half of the draws under random per-tensor rescaling in [1/10, 10]",
-          _mlp_family_half_rescaled, "mixture"),
+          functools.partial(_mlp_family_rescaled, "mlp_family_half_rescaled", 0.5), "mixture"),
     Entry("mlp_family_small", "digits + MNIST-1D MLPs of one shape each (2 groups, fast compile)",
           _mlp_family_small, "mixture"),
     Entry("cnn_family", "digits CNNs, 3 channel/depth/batch groups (mixture)",
