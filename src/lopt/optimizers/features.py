@@ -22,6 +22,7 @@ whole per-coordinate network into one loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -35,6 +36,8 @@ NUM_INPUTS = NUM_TENSOR_FEATURES + NUM_TIME_FEATURES  # 39
 
 ADAM_EPS = 1e-6  # inside sqrt(v + eps) for the "Adam" features and preconditioning
 FACTORED_EPS = 1e-30  # added to g^2, as in Adafactor
+#: factored statistics below this carry no meta-gradient (see ``_no_gradient_if_tiny``)
+TINY_STATISTIC = 1e-20
 RMS_EPS = 1e-5  # feature normalization: f / sqrt(mean(f^2) + eps)
 
 # A decay never leaves [DECAY_MIN, DECAY_MAX], whatever theta is: see ``bounded_decay``.
@@ -182,18 +185,37 @@ def channel_rms(channels: list) -> jax.Array:
     totals: list = [None] * len(channels)
     sizes = np.ones(len(channels), np.float32)
     for group_shape, idx in groups.items():
-        squares = tuple(jnp.square(channels[i]) for i in idx)
-        zeros = tuple(jnp.zeros((), jnp.float32) for _ in idx)
-        sums = jax.lax.reduce(
-            squares, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b, strict=True)),
-            tuple(range(len(group_shape))),
-        )
+        sums = _sums_of_squares(tuple(channels[i] for i in idx), tuple(range(len(group_shape))))
         for i, total in zip(idx, sums, strict=True):
             totals[i] = total
             sizes[i] = float(np.prod(group_shape)) if group_shape else 1.0
     # one vectorized sqrt for all channels: a scalar sqrt per channel compiled to one tiny XLA
     # kernel each (28 per tensor, most of the update's kernels)
     return jnp.sqrt(jnp.stack(totals) / sizes + RMS_EPS)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _sums_of_squares(arrays: tuple, axes: tuple[int, ...]) -> tuple:
+    """``sum(a**2)`` over ``axes`` of each array (all one shape): one variadic reduction.
+
+    Differentiable by hand: JAX's own derivative of a variadic ``lax.reduce`` fails when an
+    input's tangent is a symbolic zero (a channel that does not depend on theta, such as the
+    gradient, under truncated backpropagation) and cannot be transposed for reverse mode;
+    the tangent ``sum(2 a da)`` is written with ordinary sums instead.
+    """
+    squares = tuple(jnp.square(a) for a in arrays)
+    zeros = tuple(jnp.zeros((), jnp.float32) for _ in arrays)
+    return jax.lax.reduce(
+        squares, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b, strict=True)), axes
+    )
+
+
+@_sums_of_squares.defjvp
+def _sums_of_squares_jvp(axes, primals, tangents):
+    (arrays,), (d_arrays,) = primals, tangents
+    out = _sums_of_squares(arrays, axes)
+    d_out = tuple(jnp.sum(2.0 * a * da, axis=axes) for a, da in zip(arrays, d_arrays, strict=True))
+    return out, d_out
 
 
 class LeafFeatures(NamedTuple):
@@ -208,6 +230,20 @@ class LeafFeatures(NamedTuple):
     rms: jax.Array
 
 
+def _no_gradient_if_tiny(stat: jax.Array) -> jax.Array:
+    """``stat`` unchanged, without a derivative where it is below ``TINY_STATISTIC``: for the
+    factored statistics and their ratio to the mean, before a reciprocal square root.
+
+    A factored second moment that has seen only zero gradients (a row of a first layer fed
+    by an always-blank input, such as digits' corner pixels) is ~1e-31, where the derivative
+    of its reciprocal square root (~1e46) overflows float32: the meta-gradient of truncated
+    backpropagation then came out non-finite on every such task. Values, and so the update,
+    stay bit for bit the same; only the meta-gradient through these near-zero statistics is
+    dropped.
+    """
+    return jnp.where(stat > TINY_STATISTIC, stat, jax.lax.stop_gradient(stat))
+
+
 def leaf_features(p: jax.Array, g: jax.Array, st: LeafState) -> LeafFeatures:
     """The 28 per-coordinate features of spec section 3, from updated accumulators."""
     shape = g.shape
@@ -218,7 +254,7 @@ def leaf_features(p: jax.Array, g: jax.Array, st: LeafState) -> LeafFeatures:
     if dims is None:
         full = st.row  # (3, *shape)
         row_feat = col_feat = full
-        rsqrt_full = jax.lax.rsqrt(full + FACTORED_EPS)
+        rsqrt_full = jax.lax.rsqrt(_no_gradient_if_tiny(full) + FACTORED_EPS)
         rsqrt_row = rsqrt_col = rsqrt_full
         fac_g = g[None] * rsqrt_full
         fac_m = st.m * rsqrt_full
@@ -229,10 +265,12 @@ def leaf_features(p: jax.Array, g: jax.Array, st: LeafState) -> LeafFeatures:
         col_feat = jnp.expand_dims(st.col, 1 + d0)
         # Adafactor reconstruction v ~ row * col / mean(row): normalize rows by their mean.
         d0_in_row = d0 if d0 < d1 else d0 - 1
-        row_mean = jnp.mean(st.row, axis=1 + d0_in_row, keepdims=True)
-        row_factor = jnp.expand_dims(jax.lax.rsqrt(st.row / (row_mean + FACTORED_EPS)), 1 + d1)
-        col_factor = jnp.expand_dims(jax.lax.rsqrt(st.col + FACTORED_EPS), 1 + d0)
-        rsqrt_row = jax.lax.rsqrt(row_feat + FACTORED_EPS)
+        row, col = _no_gradient_if_tiny(st.row), _no_gradient_if_tiny(st.col)
+        row_mean = jnp.mean(row, axis=1 + d0_in_row, keepdims=True)
+        ratio = _no_gradient_if_tiny(row / (row_mean + FACTORED_EPS))
+        row_factor = jnp.expand_dims(jax.lax.rsqrt(ratio), 1 + d1)
+        col_factor = jnp.expand_dims(jax.lax.rsqrt(col + FACTORED_EPS), 1 + d0)
+        rsqrt_row = jax.lax.rsqrt(jnp.expand_dims(row, 1 + d1) + FACTORED_EPS)
         rsqrt_col = col_factor  # the column factor is the reciprocal sqrt of the column stats
         # Multiply the small factors in one at a time, never forming row_factor * col_factor:
         # that full-size product would be shared by several consumers, and XLA wrote it to
