@@ -56,20 +56,28 @@ def fused_mlp(
     w0 = mlp["w0"]
     coef = w0[:n_ch] / rms[:, None]  # (n_ch, hidden)
     bias = mlp["b0"] + global_inputs @ w0[n_ch:]
-    hidden = []
-    for j in range(w0.shape[1]):
-        acc = bias[j]
-        for k in range(n_ch):
-            acc = acc + coef[k, j] * channels[k]
-        hidden.append(jax.nn.relu(jnp.broadcast_to(acc, shape)))
+    hidden = _weighted_sums(coef, bias, channels)
+    hidden = [jax.nn.relu(jnp.broadcast_to(h, shape)) for h in hidden]
     layers = num_layers(mlp)
     for layer in range(1, layers):
-        w, b = mlp[f"w{layer}"], mlp[f"b{layer}"]
-        out = []
-        for j in range(w.shape[1]):
-            acc = b[j]
-            for k, h in enumerate(hidden):
-                acc = acc + w[k, j] * h
-            out.append(acc)
+        out = _weighted_sums(mlp[f"w{layer}"], mlp[f"b{layer}"], hidden)
         hidden = out if layer == layers - 1 else [jax.nn.relu(h) for h in out]
     return hidden
+
+
+def _weighted_sums(w: jax.Array, b: jax.Array, inputs: Sequence[jax.Array]) -> list[jax.Array]:
+    """``[b[j] + sum_k w[k, j] * inputs[k] for j]``, summed in that order.
+
+    The scalars come out of ``w`` and ``b`` with one ``unstack`` per column instead of one
+    indexing operation each (a slice and a squeeze per weight): the same program for XLA, but
+    about a third fewer operations to trace, which for a task mixture's meta-training step
+    and evaluation (the MLP is written out for every parameter tensor of every task) is
+    seconds of start-up.
+    """
+    weights = [jnp.unstack(column) for column in jnp.unstack(w.T)]
+    sums = []
+    for w_j, acc in zip(weights, jnp.unstack(b), strict=True):
+        for w_kj, x in zip(w_j, inputs, strict=True):
+            acc = acc + w_kj * x
+        sums.append(acc)
+    return sums
