@@ -199,7 +199,9 @@ MUTATIONS = (
     ),
     Mutation(
         "unroll-same-batches", "every truncation repeats the same batches", "metatrain/unroll.py",
-        (("fold_in(run_key, step0 + t)", "fold_in(run_key, t)"),),
+        (("thetas_p, *carry, cfg, run_key, step0 + t", "thetas_p, *carry, cfg, run_key, t"),
+         ("step(thetas, *carry, cfg, run_key, step0 + t)",
+          "step(thetas, *carry, cfg, run_key, 0 * step0 + t)")),
         (ESTIMATORS,),
     ),
     # 7. trainer

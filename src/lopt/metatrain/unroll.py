@@ -146,13 +146,11 @@ class GroupUnroll:
         return state, done
 
     # -- one truncation ----------------------------------------------------------------------
-    def slot_unroll(self, thetas_p, params, opt_state, cfg, step0, run_key, length: int):
-        """``length`` inner steps of one slot's ``P`` particles on shared batches.
+    def particles_step(self, thetas_p, params, opt_state, cfg, run_key, t):
+        """Inner step ``t`` of one slot's ``P`` particles on their shared batch ``t``.
 
-        Returns the new ``(params, opt_state)`` and ``(meta_losses [length, P], finite [P])``:
-        the task's normalized losses at each step's pre-update parameters, and whether every raw
-        loss was finite.
-        """
+        Returns the new ``(params, opt_state)`` and the raw losses ``[P]`` at the pre-update
+        parameters."""
         task = self.family.task(cfg)
         optimizer = self.optimizer
 
@@ -161,11 +159,20 @@ class GroupUnroll:
             params, opt_state = optimizer.update(theta, opt_state, grads, params, loss=loss)
             return params, opt_state, loss
 
+        batch = task.sample_batch(jax.random.fold_in(run_key, t))
+        return jax.vmap(particle, in_axes=(0, 0, 0, None))(thetas_p, params, opt_state, batch)
+
+    def slot_unroll(self, thetas_p, params, opt_state, cfg, step0, run_key, length: int):
+        """``length`` inner steps of one slot's ``P`` particles on shared batches.
+
+        Returns the new ``(params, opt_state)`` and ``(meta_losses [length, P], finite [P])``:
+        the task's normalized losses at each step's pre-update parameters, and whether every raw
+        loss was finite. (Every slot at once: :meth:`slots_unroll`.)
+        """
+
         def body(carry, t):
-            params, opt_state = carry
-            batch = task.sample_batch(jax.random.fold_in(run_key, step0 + t))
-            params, opt_state, loss = jax.vmap(particle, in_axes=(0, 0, 0, None))(
-                thetas_p, params, opt_state, batch
+            params, opt_state, loss = self.particles_step(
+                thetas_p, *carry, cfg, run_key, step0 + t
             )
             return (params, opt_state), loss
 
@@ -173,7 +180,34 @@ class GroupUnroll:
             body, (params, opt_state), jnp.arange(length), unroll=self.scan_unroll
         )
         finite = jnp.all(jnp.isfinite(losses), axis=0)
-        meta = meta_loss_of(self.meta_loss, task, losses, self.meta_loss_floor)
+        meta = meta_loss_of(self.meta_loss, self.family.task(cfg), losses, self.meta_loss_floor)
+        return params, opt_state, meta, finite
+
+    def slots_unroll(self, thetas, params, opt_state, cfg, step0, run_key, length: int):
+        """:meth:`slot_unroll` of every slot (leading axis ``S`` on every argument): returns
+        ``(params, opt_state, meta_losses [S, length, P], finite [S, P])``.
+
+        The same computation as ``vmap(slot_unroll)``, written as one scan whose body is
+        vmapped over the slots: JAX then traces the step once, where a scan inside ``vmap``
+        is traced and then batched again (seconds of start-up for a task mixture's
+        meta-training step and evaluation).
+        """
+        step = jax.vmap(self.particles_step)
+
+        def body(carry, t):
+            params, opt_state, loss = step(thetas, *carry, cfg, run_key, step0 + t)
+            return (params, opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(
+            body, (params, opt_state), jnp.arange(length), unroll=self.scan_unroll
+        )
+        losses = jnp.moveaxis(losses, 0, 1)  # [length, S, P] -> [S, length, P]
+        finite = jnp.all(jnp.isfinite(losses), axis=1)
+        meta = jax.vmap(
+            lambda cfg, losses: meta_loss_of(
+                self.meta_loss, self.family.task(cfg), losses, self.meta_loss_floor
+            )
+        )(cfg, losses)
         return params, opt_state, meta, finite
 
     def truncation_step(self, state: UnrollState, thetas):
@@ -182,14 +216,9 @@ class GroupUnroll:
         Returns the new state, the per-particle meta-loss (mean normalized loss over the
         truncation, ``[S, P]``) and the per-particle raw-loss finiteness ``[S, P]``.
         """
-
-        def slot(thetas_p, params, opt_state, cfg, step0, run_key):
-            return self.slot_unroll(
-                thetas_p, params, opt_state, cfg, step0, run_key, self.truncation
-            )
-
-        params, opt_state, meta_losses, finite = jax.vmap(slot)(
-            thetas, state.params, state.opt_state, state.cfg, state.step, state.key
+        params, opt_state, meta_losses, finite = self.slots_unroll(
+            thetas, state.params, state.opt_state, state.cfg, state.step, state.key,
+            self.truncation,
         )
         state = state._replace(
             params=params, opt_state=opt_state, step=state.step + self.truncation
@@ -205,12 +234,10 @@ class GroupUnroll:
         """
         unroll = dataclasses.replace(self, num_particles=1)
         thetas = broadcast_leading(theta, (num_tasks, 1))
-
-        def one(k, thetas_p):
-            cfg, params, opt_state, _, run_key = unroll.fresh_slot(k, thetas_p)
-            _, _, meta_losses, _ = unroll.slot_unroll(
-                thetas_p, params, opt_state, cfg, jnp.int32(0), run_key, horizon
-            )
-            return jnp.mean(meta_losses), meta_losses[-1, 0]
-
-        return jax.vmap(one)(jax.random.split(key, num_tasks), thetas)
+        cfg, params, opt_state, _, run_key = jax.vmap(unroll.fresh_slot)(
+            jax.random.split(key, num_tasks), thetas
+        )
+        _, _, meta_losses, _ = unroll.slots_unroll(
+            thetas, params, opt_state, cfg, jnp.zeros((num_tasks,), jnp.int32), run_key, horizon
+        )
+        return jnp.mean(meta_losses, axis=(1, 2)), meta_losses[:, -1, 0]
