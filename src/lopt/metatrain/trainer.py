@@ -286,26 +286,28 @@ class MetaTrainer:
         """Compile the initialization, the outer step and the held-out evaluation side by side
         (:func:`lopt.utils.compile.compile_concurrently`: XLA releases the GIL, so on a
         multi-core CPU start-up waits for the largest program, not for the sum), lowering the
-        step and the evaluation from the state's shapes; returns the compiled initialization."""
+        step and the evaluation from the state's shapes; returns the compiled initialization.
+        The step, the largest program, is lowered first and compiles while the evaluation and
+        the initialization are traced."""
         shapes = jax.eval_shape(self._init, self.key_theta, self.key_est)
         theta, opt_state, est_state = shapes["theta"], shapes["opt_state"], shapes["est_state"]
         est_sh, rep = slot_sharding(est_state)
         if est_sh is not None:  # the step and the evaluation see the placed state
             theta = jax.tree.map(lambda x: x.update(sharding=rep), theta)
             opt_state = jax.tree.map(lambda x: x.update(sharding=rep), opt_state)
-        lowered = [
-            jit(self._init).lower(self.key_theta, self.key_est),
-            self._step_program(est_sh, rep).lower(
+        programs = [
+            lambda: self._step_program(est_sh, rep).lower(
                 theta, opt_state, est_state, jnp.int32(0), self.key_loop
             ),
+            lambda: jit(self._init).lower(self.key_theta, self.key_est),
         ]
         if self.config.eval_every:
-            lowered.append(self._eval_program().lower(theta, self.key_eval))
-        compiled = compile_concurrently(lowered)
-        self._step_fn = compiled[1]
-        if len(compiled) > 2:
-            self._eval_fn = compiled[2]
-        return compiled[0]
+            programs.insert(1, lambda: self._eval_program().lower(theta, self.key_eval))
+        compiled = compile_concurrently(programs)
+        self._step_fn = compiled[0]
+        if self.config.eval_every:
+            self._eval_fn = compiled[1]
+        return compiled[-1]
 
     def _compile(self, state):
         """Compile the outer step (unless :meth:`init_state` already did); returns the state
