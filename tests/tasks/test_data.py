@@ -29,6 +29,25 @@ def test_digits_offline(no_network):
     assert set(np.unique(ds.y_train)) == set(range(10))
 
 
+def test_digits_read_from_the_shipped_file_equal_scikit_learns_loader(monkeypatch):
+    """The images and labels lopt reads from scikit-learn's bundled CSV (without importing
+    scikit-learn) against scikit-learn's own loader; without the file, the loader is used."""
+    import importlib.util
+
+    from sklearn.datasets import load_digits as sklearn_load_digits
+
+    from lopt.tasks.data import digits
+
+    raw = sklearn_load_digits()
+    images, target = digits._digits_arrays()
+    np.testing.assert_array_equal(images, raw.images)
+    np.testing.assert_array_equal(target, raw.target)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    images, target = digits._digits_arrays()
+    np.testing.assert_array_equal(images, raw.images)
+    np.testing.assert_array_equal(target, raw.target)
+
+
 def test_mnist1d_offline_cached_and_deterministic(no_network, tmp_path, monkeypatch):
     monkeypatch.setenv("LOPT_CACHE", str(tmp_path))
     state = np.random.get_state()[1].copy()
