@@ -3,8 +3,9 @@
 A *slot* is one inner training run in progress; every slot carries ``P`` particles (2 for an
 antithetic pair ``theta + eps`` / ``theta - eps``, 1 otherwise) that share the task, the
 initialization and every data batch (common random numbers) but have their own parameters and
-optimizer state. One truncation is a ``lax.scan`` over inner steps, ``vmap``-ed over particles
-and then over slots, so a whole estimator step is one fused XLA program.
+optimizer state. One truncation is a ``lax.scan`` over inner steps whose body is ``vmap``-ed over
+the particles and then over the slots (truncated backprop differentiates one slot's scan and
+vmaps that over the slots), so a whole estimator step is one fused XLA program.
 
 Inner-run lengths are drawn log-uniformly and rounded to a multiple of the truncation length.
 Runs therefore end exactly at truncation boundaries: the reset happens before the next
