@@ -111,7 +111,8 @@ def run(args) -> int:
         if card is None:
             print(f"{pad}  model card: none")
         else:
-            print(f"{pad}  model card {card['path']} (the full card; --json has it too):")
+            print(f"{pad}  model card {card['path']} (its head below; the whole card is in "
+                  "that file and in --json):")
             for line in card_summary(card["text"]):
                 print(f"{pad}    {line}")
             if card["median_speedups"]:
