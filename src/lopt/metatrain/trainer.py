@@ -298,11 +298,11 @@ class MetaTrainer:
         programs = [
             lambda: self._step_program(est_sh, rep).lower(
                 theta, opt_state, est_state, jnp.int32(0), self.key_loop
-            ),
-            lambda: jit(self._init).lower(self.key_theta, self.key_est),
+            )
         ]
         if self.config.eval_every:
-            programs.insert(1, lambda: self._eval_program().lower(theta, self.key_eval))
+            programs.append(lambda: self._eval_program().lower(theta, self.key_eval))
+        programs.append(lambda: jit(self._init).lower(self.key_theta, self.key_est))
         compiled = compile_concurrently(programs)
         self._step_fn = compiled[0]
         if self.config.eval_every:
