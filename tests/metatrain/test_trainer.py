@@ -108,6 +108,20 @@ def test_outputs_and_learning(tmp_path, momentum_lo, quad_family):
         trainer(tmp_path, momentum_lo, quad_family, "run").run()
 
 
+def test_held_out_tasks_drawn_at_initialization_equal_those_drawn_alone(
+    tmp_path, momentum_lo, quad_family
+):
+    """The initialization draws the held-out tasks with the slots' own; a trainer that never
+    initialized (evaluation only) draws them alone: the evaluation must not tell them apart."""
+    t = trainer(tmp_path, momentum_lo, quad_family, "a")
+    theta = t.init_state()["theta"]
+    with_init = t.evaluate(theta)
+    alone = trainer(tmp_path, momentum_lo, quad_family, "b", seed=BASE["seed"])
+    assert alone.evaluate(theta) == with_init
+    other_seed = trainer(tmp_path, momentum_lo, quad_family, "c", seed=BASE["seed"] + 1)
+    assert other_seed.evaluate(theta) != with_init  # other tasks: the comparison can fail
+
+
 def test_resume_of_finished_run_is_a_noop(tmp_path, momentum_lo, quad_family):
     first = trainer(tmp_path, momentum_lo, quad_family, "r", outer_steps=2).run()
     (tmp_path / "r" / "config.json").unlink()  # a lost config.json still records the resume

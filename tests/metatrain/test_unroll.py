@@ -40,3 +40,25 @@ def test_slots_unroll_equals_the_vmapped_single_slot_unroll():
     meta = np.asarray(together[2])
     assert not np.allclose(meta[:, :, 0], meta[:, :, 1])
     assert not np.allclose(meta[0], meta[1])
+
+
+def test_init_draws_the_held_out_tasks_as_drawing_each_alone_would():
+    """The held-out tasks drawn alongside the slots' own (one vectorized draw) are the draws
+    of their keys one by one (un-vectorized oracle), and the slots are those of a plain init."""
+    opt = STAR()
+    unroll = GroupUnroll(get_task("digits_mlp_family"), opt, truncation=3, horizon_min=3,
+                         horizon_max=30, num_particles=2)
+    theta = opt.init(jax.random.PRNGKey(0))
+    extra = jax.random.split(jax.random.PRNGKey(7), 3)
+    state, drawn = jax.jit(lambda t, k, e: unroll.init(t, k, 4, e))(
+        theta, jax.random.PRNGKey(2), extra
+    )
+    alone = jax.jit(lambda t, k: unroll.init(t, k, 4))(theta, jax.random.PRNGKey(2))
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(alone), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    one_by_one = [jax.jit(unroll.draw)(k) for k in extra]
+    for i, single in enumerate(one_by_one):
+        for a, b in zip(jax.tree.leaves(drawn), jax.tree.leaves(single), strict=True):
+            np.testing.assert_array_equal(np.asarray(a)[i], np.asarray(b))
+    # the three draws are different tasks (the comparison is not between constants)
+    assert any(not np.allclose(x[0], x[1]) for x in jax.tree.leaves(drawn.params))

@@ -144,8 +144,8 @@ class RayEstimates:
         self.started: list[dict] = []
 
     # -- EstimateSource -------------------------------------------------------------------
-    def init_state(self, trainer, theta, key_est) -> dict:
-        return {}  # the slots live on the workers
+    def init_state(self, trainer, theta, key_est, eval_keys):
+        return {}, None  # the slots live on the workers; the trainer draws the held-out tasks
 
     def start(self, trainer, state, outer_step, saved):
         import jax

@@ -111,12 +111,26 @@ class GradientEstimator:
         return self.config.num_slots * self.config.truncation * self.config.num_particles
 
     def init(self, theta, key: jax.Array) -> tuple[UnrollState, ...]:
+        return self.init_and_draw(theta, key, (None,) * len(self.unrolls))[0]
+
+    def init_and_draw(self, theta, key: jax.Array, eval_keys):
+        """:meth:`init`, and the held-out tasks of ``eval_keys`` (one entry per group: an
+        ``[M, 2]`` key array or None) drawn with the slots' own tasks where the group has
+        slots (:meth:`GroupUnroll.init`). Returns ``(est_state, draws)``, ``draws`` one
+        :class:`~lopt.metatrain.unroll.TaskDraw` or None per group."""
         keys = jax.random.split(key, len(self.unrolls))
-        return tuple(
-            u.init(theta, k, n)
-            for u, k, n in zip(self.unrolls, keys, self.slots, strict=True)
-            if n > 0
-        )
+        states, draws = [], []
+        for u, k, n, ek in zip(self.unrolls, keys, self.slots, eval_keys, strict=True):
+            drawn = None
+            if n > 0 and ek is not None:
+                state, drawn = u.init(theta, k, n, ek)
+                states.append(state)
+            elif n > 0:
+                states.append(u.init(theta, k, n))
+            elif ek is not None:
+                drawn = u.draws(ek)
+            draws.append(drawn)
+        return tuple(states), tuple(draws)
 
     def _active(self):
         return [(u, n) for u, n in zip(self.unrolls, self.slots, strict=True) if n > 0]

@@ -47,6 +47,22 @@ class UnrollState(NamedTuple):
     acc: Any
 
 
+class TaskDraw(NamedTuple):
+    """What a fresh run draws before theta enters (leading axis over draws when batched).
+
+    Attributes:
+        cfg: task configuration.
+        params: the task's initial parameters (no particle axis).
+        horizon: run length (a multiple of the truncation).
+        run_key: data key; batch ``t`` uses ``fold_in(run_key, t)``.
+    """
+
+    cfg: Any
+    params: Any
+    horizon: jax.Array
+    run_key: jax.Array
+
+
 def meta_loss_of(kind: str, task, losses: jax.Array, floor: float = 1e-4) -> jax.Array:
     """Per-step meta-loss from raw losses: the task's bounded normalizer (``normalized``), or
     its logarithm (``log``, floored at ``floor``), which weighs every task by its relative
@@ -95,21 +111,41 @@ class GroupUnroll:
         return (n * self.truncation).astype(jnp.int32)
 
     # -- fresh runs --------------------------------------------------------------------------
-    def fresh_slot(self, key: jax.Array, thetas_p):
-        """A new run: task draw, initialization, optimizer states (one per particle), horizon."""
+    def draw(self, key: jax.Array) -> TaskDraw:
+        """The part of a new run that does not depend on theta: task, initialization, horizon
+        and data key (one ``key`` gives the same draw wherever it is made)."""
         k_cfg, k_init, k_h, k_run = jax.random.split(key, 4)
         cfg = self.family.sample(k_cfg)
-        task = self.family.task(cfg)
-        params = broadcast_leading(task.init(k_init), (self.num_particles,))
-        opt_state = jax.vmap(self.optimizer.init_state)(thetas_p, params)
-        return cfg, params, opt_state, self.sample_horizon(k_h), k_run
+        params = self.family.task(cfg).init(k_init)
+        return TaskDraw(cfg, params, self.sample_horizon(k_h), k_run)
 
-    def init(self, theta, key: jax.Array, num_slots: int) -> UnrollState:
+    def fresh_slot(self, key: jax.Array, thetas_p):
+        """A new run: task draw, initialization, optimizer states (one per particle), horizon."""
+        cfg, params, horizon, run_key = self.draw(key)
+        params = broadcast_leading(params, (self.num_particles,))
+        opt_state = jax.vmap(self.optimizer.init_state)(thetas_p, params)
+        return cfg, params, opt_state, horizon, run_key
+
+    def init(self, theta, key: jax.Array, num_slots: int, extra_keys: jax.Array | None = None):
+        """``num_slots`` fresh runs, each at a random truncation boundary of its run.
+
+        With ``extra_keys`` (``[M, 2]``) it returns ``(state, draws)``: also the
+        :class:`TaskDraw` of each extra key (the held-out evaluation's tasks), drawn in the
+        same vectorized computation as the slots' own (one copy of the task's sampling and
+        initialization in the program instead of two; the same values as :meth:`draws`).
+        """
         k_slots, k_off = jax.random.split(key)
+        keys = jax.random.split(k_slots, num_slots)
+        if extra_keys is not None:
+            keys = jnp.concatenate([keys, extra_keys])
+        drawn = jax.vmap(self.draw)(keys)
+        cfg, params, horizon, run_key = jax.tree.map(lambda x: x[:num_slots], drawn)
         thetas = broadcast_leading(theta, (num_slots, self.num_particles))
-        cfg, params, opt_state, horizon, run_key = jax.vmap(self.fresh_slot)(
-            jax.random.split(k_slots, num_slots), thetas
+        params = jax.tree.map(
+            lambda x: jnp.broadcast_to(x[:, None], (num_slots, self.num_particles) + x.shape[1:]),
+            params,
         )
+        opt_state = jax.vmap(jax.vmap(self.optimizer.init_state))(thetas, params)
         if self.random_offsets:
             n_trunc = horizon // self.truncation
             u = jax.random.uniform(k_off, (num_slots,))
@@ -117,7 +153,14 @@ class GroupUnroll:
         else:
             step = jnp.zeros((num_slots,), jnp.int32)
         acc = jax.tree.map(lambda x: jnp.zeros((num_slots,) + jnp.shape(x), jnp.float32), theta)
-        return UnrollState(params, opt_state, cfg, step, horizon, run_key, acc)
+        state = UnrollState(params, opt_state, cfg, step, horizon, run_key, acc)
+        if extra_keys is None:
+            return state
+        return state, jax.tree.map(lambda x: x[num_slots:], drawn)
+
+    def draws(self, keys: jax.Array) -> TaskDraw:
+        """The :class:`TaskDraw` of each key (leading axis ``M``)."""
+        return jax.vmap(self.draw)(keys)
 
     def reset_finished(self, state: UnrollState, thetas, key: jax.Array):
         """Restart every slot whose run is finished (``step >= horizon``); zero its accumulator.
@@ -227,18 +270,22 @@ class GroupUnroll:
         return state, jnp.mean(meta_losses, axis=1), finite
 
     # -- fixed held-out evaluation -----------------------------------------------------------
-    def evaluate(self, theta, key: jax.Array, num_tasks: int, horizon: int):
-        """Train ``num_tasks`` fixed task draws for ``horizon`` steps with unperturbed theta.
+    def evaluate(self, theta, draws: TaskDraw, horizon: int):
+        """Train the drawn tasks (:meth:`draws`, leading axis ``M``) for ``horizon`` steps with
+        unperturbed theta, from their initializations and on their data keys.
 
         Returns ``(mean normalized loss along the runs, mean normalized loss at the last step)``
-        per task, each ``[num_tasks]``. The same ``key`` gives the same tasks, inits and batches.
+        per task, each ``[M]``. The draws' own horizons are not used. The tasks are drawn
+        outside (once per run, see :meth:`init`): drawn here, every evaluation program would
+        carry its own copy of the task sampling and initialization.
         """
         unroll = dataclasses.replace(self, num_particles=1)
+        num_tasks = draws.run_key.shape[0]
         thetas = broadcast_leading(theta, (num_tasks, 1))
-        cfg, params, opt_state, _, run_key = jax.vmap(unroll.fresh_slot)(
-            jax.random.split(key, num_tasks), thetas
-        )
+        params = jax.tree.map(lambda x: x[:, None], draws.params)
+        opt_state = jax.vmap(jax.vmap(self.optimizer.init_state))(thetas, params)
         _, _, meta_losses, _ = unroll.slots_unroll(
-            thetas, params, opt_state, cfg, jnp.zeros((num_tasks,), jnp.int32), run_key, horizon
+            thetas, params, opt_state, draws.cfg, jnp.zeros((num_tasks,), jnp.int32),
+            draws.run_key, horizon,
         )
         return jnp.mean(meta_losses, axis=(1, 2)), meta_losses[:, -1, 0]
