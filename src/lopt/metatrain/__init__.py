@@ -5,6 +5,7 @@ Layering (one job per module, data flows one way)::
     config.py      MetaTrainConfig / EstimatorConfig: typed, validated, TOML + overrides
     unroll.py      UnrollState and GroupUnroll: one truncation = scan over inner steps,
                    vmap over particles (antithetic pair) and slots; resets and evaluation
+                   (of TaskDraws: the held-out tasks, drawn once with the slots' own)
     estimators.py  PES / ES / TruncatedBackprop behind init(theta, key) and
                    step(theta, est_state, key) -> (meta_grad, est_state, diagnostics)
     checkpoint.py  atomic checkpoints of any pytree, checked against a template on load
@@ -36,6 +37,7 @@ _LAZY = {
     "EstimateSource": "trainer",
     "LocalEstimates": "trainer",
     "GroupUnroll": "unroll",
+    "TaskDraw": "unroll",
     "UnrollState": "unroll",
 }
 
