@@ -17,6 +17,7 @@ import optax
 
 from lopt.tasks.base import Task, clip_meta_loss
 from lopt.tasks.data.text import TextCorpus
+from lopt.tasks.initializers import orthogonal
 
 
 class LSTMLM(nn.Module):
@@ -27,7 +28,10 @@ class LSTMLM(nn.Module):
     @nn.compact
     def __call__(self, tokens):
         x = nn.Embed(self.vocab_size, self.embed)(tokens)
-        x = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)
+        # flax's default recurrent initializer, but one matrix at a time under vmap: see
+        # lopt.tasks.initializers (a batched QR can hang the process on a CPU)
+        cell = nn.OptimizedLSTMCell(self.hidden, recurrent_kernel_init=orthogonal())
+        x = nn.RNN(cell)(x)
         return nn.Dense(self.vocab_size)(x)
 
 
