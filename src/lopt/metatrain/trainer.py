@@ -319,8 +319,9 @@ class MetaTrainer:
         Order: the initialization is lowered first (half a second) and its shapes give the
         step's and the evaluation's arguments; it compiles on the otherwise idle core while the
         step, the largest program, is traced; the step then compiles while the evaluation is
-        traced. (Measured on the 6-group mixture, 2 cores, interleaved runs: 40.1-41.3 s to the
-        first outer step against 43.9-44.7 s with the initialization last.)"""
+        traced. (Measured on the 6-group mixture, 2 cores, interleaved runs: 40.1-42.6 s to the
+        first outer step over six runs, against 43.9-44.7 s over three with the initialization
+        compiled last.)"""
         init = jit(self._init).lower(self.key_theta, self.key_est, self.key_eval)
         shapes, draws = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), init.out_info
