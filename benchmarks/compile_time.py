@@ -15,6 +15,7 @@ Cases: a single task (``digits_mlp``), a family (``digits_mlp_family``), the 6-g
 Ratios against the reference and cold/warm are computed in the same run. Prints one JSON object.
 
     python benchmarks/compile_time.py [--cases single,family,mixture,train] [--optimizer star]
+                                      [--repeat N]
 
 Measure on a quiet machine: compile times scale with whatever else is running.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,18 +85,36 @@ def command(case: str, args, out: Path) -> tuple[list[str], Path | None]:
 
 
 def measure(case: str, args, root: Path) -> dict:
-    cache = root / f"cache_{case}"
-    env = dict(os.environ, LOPT_CACHE=str(cache))
-    env.pop("LOPT_NO_COMPILE_CACHE", None)
-    result = {}
-    for phase in ("cold", "warm"):
-        out = root / f"{case}_{phase}"
-        cmd, watch = command(case, args, out)
-        result[phase] = run_child(cmd, env, watch, args.timeout)
+    """Cold then warm, ``args.repeat`` times (each repetition with its own empty cache).
+
+    With several repetitions each phase reports the median of every number (peak memory: the
+    largest) and ``first_step_s_runs``, all of them: single runs of the mixture vary by +-1.5 s
+    on the 2-core machine, more than the differences worth measuring.
+    """
+    runs: dict[str, list[dict]] = {"cold": [], "warm": []}
+    for rep in range(args.repeat):
+        cache = root / f"cache_{case}_{rep}"
+        env = dict(os.environ, LOPT_CACHE=str(cache))
+        env.pop("LOPT_NO_COMPILE_CACHE", None)
+        for phase in ("cold", "warm"):
+            out = root / f"{case}_{phase}_{rep}"
+            cmd, watch = command(case, args, out)
+            runs[phase].append(run_child(cmd, env, watch, args.timeout))
+    result = {phase: summarize(rs) for phase, rs in runs.items()}
     result["cold_to_warm"] = round(
         result["cold"]["first_step_s"] / max(result["warm"]["first_step_s"], 1e-9), 2
     )
     return result
+
+
+def summarize(runs: list[dict]) -> dict:
+    """One run as measured; several: medians (peak memory: the largest) and every time."""
+    if len(runs) == 1:
+        return runs[0]
+    out = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    out["first_step_s_runs"] = [r["first_step_s"] for r in runs]
+    return out
 
 
 def main(argv=None) -> None:
@@ -108,11 +128,15 @@ def main(argv=None) -> None:
     parser.add_argument("--train-steps", type=int, default=200,
                         help="steps of the lopt train reference run")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per child")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="repetitions of every case (medians reported, every time kept)")
     args = parser.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     bad = [c for c in cases if c not in (*CASES, "train")]
     if bad:
         parser.error(f"unknown case(s) {bad}")
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
     results = {}
     with tempfile.TemporaryDirectory(prefix="lopt_compile_time_") as tmp:
         for case in cases:
@@ -125,7 +149,7 @@ def main(argv=None) -> None:
         }
     out["config"] = {
         "optimizer": args.optimizer, "slots": args.slots, "truncation": args.truncation,
-        "eval_tasks": args.eval_tasks, "train_steps": args.train_steps,
+        "eval_tasks": args.eval_tasks, "train_steps": args.train_steps, "repeat": args.repeat,
         "tasks": {c: CASES.get(c, "digits_mlp (lopt train)") for c in cases},
         "cpu_count": os.cpu_count(),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
