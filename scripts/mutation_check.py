@@ -204,6 +204,13 @@ MUTATIONS = (
           "step(thetas, *carry, cfg, run_key, 0 * step0 + t)")),
         (ESTIMATORS,),
     ),
+    Mutation(
+        "unroll-eval-draws-shifted", "the held-out tasks drawn with the slots are one key off",
+        "metatrain/unroll.py",
+        (("return state, jax.tree.map(lambda x: x[num_slots:], drawn)",
+          "return state, jax.tree.map(lambda x: x[num_slots - 1:-1], drawn)"),),
+        ("tests/metatrain/test_unroll.py",),
+    ),
     # 7. trainer
     Mutation(
         "trainer-never-skips", "every outer update is applied, non-finite or empty ones too",
@@ -217,6 +224,20 @@ MUTATIONS = (
           'self.out / "best.safetensors",\n'
           '                    jax.tree.map(jnp.zeros_like, state["theta"]),'),),
         (TRAINER,),
+    ),
+    Mutation(
+        "trainer-eval-draws-other-keys", "an evaluation-only trainer draws other held-out tasks",
+        "metatrain/trainer.py",
+        (("None if keys is None else unroll.draws(keys)",
+          "None if keys is None else unroll.draws(jax.random.split(keys[0], keys.shape[0]))"),),
+        (TRAINER,),
+    ),
+    Mutation(
+        "lstm-batched-qr", "the LSTM's orthogonal initializer batches its QR under vmap again",
+        "tasks/lm.py",
+        (("nn.OptimizedLSTMCell(self.hidden, recurrent_kernel_init=orthogonal())",
+          "nn.OptimizedLSTMCell(self.hidden)"),),
+        ("tests/tasks/test_initializers.py",),
     ),
     # 8. MNIST-1D cache
     Mutation(
