@@ -119,11 +119,16 @@ class GroupUnroll:
         params = self.family.task(cfg).init(k_init)
         return TaskDraw(cfg, params, self.sample_horizon(k_h), k_run)
 
+    def start(self, params, thetas_p):
+        """One slot's particles at the start of a run: the drawn initialization given to each
+        of the ``P`` particles, and their optimizer states (``thetas_p``: ``[P, ...]``)."""
+        params = broadcast_leading(params, (self.num_particles,))
+        return params, jax.vmap(self.optimizer.init_state)(thetas_p, params)
+
     def fresh_slot(self, key: jax.Array, thetas_p):
         """A new run: task draw, initialization, optimizer states (one per particle), horizon."""
         cfg, params, horizon, run_key = self.draw(key)
-        params = broadcast_leading(params, (self.num_particles,))
-        opt_state = jax.vmap(self.optimizer.init_state)(thetas_p, params)
+        params, opt_state = self.start(params, thetas_p)
         return cfg, params, opt_state, horizon, run_key
 
     def init(self, theta, key: jax.Array, num_slots: int, extra_keys: jax.Array | None = None):
@@ -138,14 +143,10 @@ class GroupUnroll:
         keys = jax.random.split(k_slots, num_slots)
         if extra_keys is not None:
             keys = jnp.concatenate([keys, extra_keys])
-        drawn = jax.vmap(self.draw)(keys)
+        drawn = self.draws(keys)
         cfg, params, horizon, run_key = jax.tree.map(lambda x: x[:num_slots], drawn)
         thetas = broadcast_leading(theta, (num_slots, self.num_particles))
-        params = jax.tree.map(
-            lambda x: jnp.broadcast_to(x[:, None], (num_slots, self.num_particles) + x.shape[1:]),
-            params,
-        )
-        opt_state = jax.vmap(jax.vmap(self.optimizer.init_state))(thetas, params)
+        params, opt_state = jax.vmap(self.start)(params, thetas)
         if self.random_offsets:
             n_trunc = horizon // self.truncation
             u = jax.random.uniform(k_off, (num_slots,))
@@ -282,8 +283,7 @@ class GroupUnroll:
         unroll = dataclasses.replace(self, num_particles=1)
         num_tasks = draws.run_key.shape[0]
         thetas = broadcast_leading(theta, (num_tasks, 1))
-        params = jax.tree.map(lambda x: x[:, None], draws.params)
-        opt_state = jax.vmap(jax.vmap(self.optimizer.init_state))(thetas, params)
+        params, opt_state = jax.vmap(unroll.start)(draws.params, thetas)
         _, _, meta_losses, _ = unroll.slots_unroll(
             thetas, params, opt_state, draws.cfg, jnp.zeros((num_tasks,), jnp.int32),
             draws.run_key, horizon,
