@@ -97,7 +97,8 @@ def compile_concurrently(programs: list) -> list:
     returns one. Functions are called (traced and lowered: Python, one at a time) in the
     caller's thread, and each program starts compiling in its own thread as soon as it is
     lowered, so the next program's tracing overlaps the compilation of the ones before it.
-    Put the largest program first.
+    Order them so that the longest compile starts early and no core idles while Python traces
+    (the meta-trainer puts its small initialization first, then its step, then the evaluation).
 
     Why: XLA's compile releases the GIL, so on a multi-core CPU independent programs (a
     meta-training step and its held-out evaluation, each tens of seconds for a task mixture)
