@@ -185,9 +185,17 @@ def channel_rms(channels: list) -> jax.Array:
     totals: list = [None] * len(channels)
     sizes = np.ones(len(channels), np.float32)
     for group_shape, idx in groups.items():
-        sums = _sums_of_squares(tuple(channels[i] for i in idx), tuple(range(len(group_shape))))
-        for i, total in zip(idx, sums, strict=True):
-            totals[i] = total
+        ndim = len(group_shape)
+        # Reduce the minor (last) axis in the variadic reduction and the rest with one small
+        # sum over the stacked partial sums: XLA's CPU code sums a minor axis with vector
+        # accumulators, while a reduction over all axes at once became one sequential float32
+        # accumulator per channel (2x slower, and ~1e-3 relative error on a 784x1024 tensor
+        # against float64; ~2e-7 this way).
+        sums = _sums_of_squares(tuple(channels[i] for i in idx), (ndim - 1,) if ndim else ())
+        if ndim > 1:
+            sums = jnp.sum(jnp.stack(sums), axis=tuple(range(1, ndim)))
+        for j, i in enumerate(idx):
+            totals[i] = sums[j]
             sizes[i] = float(np.prod(group_shape)) if group_shape else 1.0
     # one vectorized sqrt for all channels: a scalar sqrt per channel compiled to one tiny XLA
     # kernel each (28 per tensor, most of the update's kernels)
