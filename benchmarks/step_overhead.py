@@ -9,7 +9,9 @@ torch is not installed.
 
 Also reported: ``*_cpu_ms`` (process CPU seconds per update over a window of updates: on a
 shared machine the steadier number, since time slices lost to other processes do not count),
-``star_step_size`` (STAR with the learned step size of the shipped recipe), the optimizer state
+``star_step_size`` (STAR with the learned step size of the shipped recipe), ``star_guarded``
+(STAR inside the non-finite guard that ``as_optax`` adds by default; the other learned
+optimizers are timed without it, as ``optax.adam`` has none), the optimizer state
 in bytes per parameter (``state_bytes_per_param``, next to Adam's 8) and the process's peak
 resident memory (``peak_rss_mb``).
 
@@ -155,8 +157,11 @@ def main() -> None:
         "star_step_size": STAR(step_size_controller=True),
     }
     txs = {"adam": optax.adam(1e-3)}
-    txs.update({name: opt.as_optax(opt.init(key), max_nonfinite_skips=0)
+    # like optax.adam, without a non-finite guard; "star_guarded" is lopt.star()'s default
+    txs.update({name: opt.as_optax(opt.init(key), max_nonfinite_skips=None)
                 for name, opt in learned.items()})
+    txs["star_guarded"] = learned["star"].as_optax(learned["star"].init(key))
+    learned["star_guarded"] = learned["star"]
     times = time_updates(txs, params, grads, args.repeats)
     res = {"num_params": int(n)}
     for name, t in times.items():

@@ -129,6 +129,25 @@ def test_nonfinite_gradients_are_skipped_counted_then_surface():
     assert int(s2.notfinite_count) == 0
 
 
+def test_no_guard_is_the_plain_update_and_lets_nonfinite_values_through():
+    """``max_nonfinite_skips=None``: no apply_if_finite around the update. Finite steps equal
+    the guarded optimizer's; a NaN gradient reaches the update at once."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(3, 2), "b": jnp.ones((2,))}
+    grads = jax.tree.map(lambda p: 0.1 * jnp.cos(3.0 * p), params)
+    guarded, plain = lopt.star(), lopt.star(max_nonfinite_skips=None)
+    sg, sp = guarded.init(params), plain.init(params)
+    assert not hasattr(sp, "notfinite_count")
+    for _ in range(3):
+        ug, sg = guarded.update(grads, sg, params)
+        up, sp = plain.update(grads, sp, params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), ug, up)
+    bad = {**grads, "w": grads["w"].at[0, 0].set(jnp.nan)}
+    up, _ = plain.update(bad, sp, params)
+    assert np.isnan(np.asarray(up["w"])).any()
+    with pytest.raises(ValueError, match="max_nonfinite_skips"):
+        lopt.star(max_nonfinite_skips=-1)
+
+
 def test_optax_wrapper_runs_hand_designed_in_the_same_interface():
     opt = OptaxOptimizer(hand_designed("adam", 1e-2))
     theta = opt.init(jax.random.PRNGKey(0))

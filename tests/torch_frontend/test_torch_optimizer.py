@@ -268,6 +268,17 @@ def test_state_dict_round_trip_continues_identically(cls):
         other(make_params(shapes)).load_state_dict(saved["opt"])
 
 
+def test_no_guard_lets_nonfinite_gradients_through_and_survives_a_state_dict():
+    w = torch.nn.Parameter(torch.ones(3, 2))
+    opt = lopt.torch.STAR([w], max_nonfinite_skips=None)
+    w.grad = torch.full((3, 2), float("nan"))
+    opt.step()
+    assert torch.isnan(w).all() and opt.notfinite_count == 0  # not skipped, not counted
+    fresh = lopt.torch.STAR([torch.nn.Parameter(torch.ones(3, 2))])
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh.max_nonfinite_skips is None
+
+
 def test_low_precision_params_keep_float32_state_through_a_state_dict():
     (w,) = [torch.nn.Parameter(torch.randn(4, 3).to(torch.bfloat16))]
     opt = lopt.torch.STAR([w])

@@ -158,7 +158,7 @@ class AdafactorMLPBase:
         return jax.tree.map(jnp.add, params, deltas), new_state
 
     def as_optax(
-        self, theta, *, max_nonfinite_skips: int = DEFAULT_MAX_NONFINITE_SKIPS
+        self, theta, *, max_nonfinite_skips: int | None = DEFAULT_MAX_NONFINITE_SKIPS
     ) -> optax.GradientTransformationExtraArgs:
         """This optimizer with fixed ``theta`` as an optax transformation.
 
@@ -170,7 +170,13 @@ class AdafactorMLPBase:
         counted in ``state.notfinite_count`` (``optax.apply_if_finite``). After
         ``max_nonfinite_skips`` consecutive bad steps the non-finite values are let through, so
         a genuinely diverged run shows up as NaN parameters instead of silently stalling.
+        ``max_nonfinite_skips=None`` leaves the guard out: the plain transformation, no
+        counter, non-finite gradients go straight into the accumulators. For loops that guard
+        elsewhere: the guard's ``lax.cond`` makes XLA copy the optimizer state when the
+        caller does not donate it (~0.8 ms of a 7 ms update at 1M parameters on 2 cores).
         """
+        if max_nonfinite_skips is not None and int(max_nonfinite_skips) < 0:
+            raise ValueError(f"max_nonfinite_skips must be >= 0 or None, got {max_nonfinite_skips}")
 
         def init_fn(params):
             return self.init_state(theta, params)
@@ -185,7 +191,9 @@ class AdafactorMLPBase:
             return self.deltas(theta, state, updates, params)
 
         inner = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-        return optax.apply_if_finite(inner, max_consecutive_errors=max_nonfinite_skips)
+        if max_nonfinite_skips is None:
+            return inner
+        return optax.apply_if_finite(inner, max_consecutive_errors=int(max_nonfinite_skips))
 
 
 def json_ready(obj):

@@ -11,7 +11,8 @@ ops. Differences from the JAX front-end are those of the torch contract:
 * non-finite gradients: as ``optax.apply_if_finite`` in the optax front-end, checked over all
   gradients of the step: the step is skipped (parameters and accumulators untouched) and
   counted; after ``max_nonfinite_skips`` consecutive bad steps the values are let through, so a
-  diverged run shows up as NaN parameters instead of silently stalling.
+  diverged run shows up as NaN parameters instead of silently stalling;
+  ``max_nonfinite_skips=None`` turns the guard off.
 """
 
 from __future__ import annotations
@@ -54,14 +55,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
         params,
         theta=None,
         *,
-        max_nonfinite_skips: int = DEFAULT_MAX_NONFINITE_SKIPS,
+        max_nonfinite_skips: int | None = DEFAULT_MAX_NONFINITE_SKIPS,
         **switches,
     ):
-        if int(max_nonfinite_skips) < 0:
-            raise ValueError(f"max_nonfinite_skips must be >= 0, got {max_nonfinite_skips}")
+        if max_nonfinite_skips is not None and int(max_nonfinite_skips) < 0:
+            raise ValueError(
+                f"max_nonfinite_skips must be >= 0 or None, got {max_nonfinite_skips}"
+            )
         theta_j, opt = resolve_meta_params(self.kind, theta, switches)
         self._set_meta(theta_j, opt)
-        self.max_nonfinite_skips = int(max_nonfinite_skips)
+        self.max_nonfinite_skips = _skips(max_nonfinite_skips)
         self.notfinite_count = 0  # consecutive non-finite steps
         self.total_notfinite = 0
         self.last_finite = True
@@ -135,7 +138,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def _admit(self, grads) -> bool:
         """optax.apply_if_finite's rule: count non-finite steps, apply if finite or past the
-        limit of consecutive skips."""
+        limit of consecutive skips. ``max_nonfinite_skips=None``: no guard, always apply."""
+        if self.max_nonfinite_skips is None:
+            return True
         # min and max propagate NaN and show +-inf: one pass, no boolean copy of each gradient
         by_device: dict = {}
         for g in grads:
@@ -219,7 +224,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 k: st[k].detach().to(device=p.device, dtype=expected[k].dtype, copy=True)
                 for k in STATE_KEYS
             }
-        self.max_nonfinite_skips = int(extra["max_nonfinite_skips"])
+        self.max_nonfinite_skips = _skips(extra["max_nonfinite_skips"])
         self.notfinite_count = int(extra["notfinite_count"])
         self.total_notfinite = int(extra["total_notfinite"])
         self.last_finite = bool(extra["last_finite"])
@@ -257,3 +262,8 @@ class Blackbox(LearnedOptimizer):
     """The blackbox Adafactor-MLP learned optimizer for torch (see :class:`STAR`)."""
 
     kind = "blackbox"
+
+
+def _skips(value) -> int | None:
+    """``max_nonfinite_skips`` as stored: an int, or None for no guard."""
+    return None if value is None else int(value)
