@@ -31,7 +31,7 @@ def build(optimizer, task, args):
     from lopt.metatrain.config import EstimatorConfig
     from lopt.metatrain.estimators import make_estimator
     from lopt.metatrain.trainer import slot_sharding
-    from lopt.utils.compile import jit
+    from lopt.utils.compile import jit, optimizer_options
 
     cfg = EstimatorConfig(
         estimator="pes",
@@ -48,7 +48,7 @@ def build(optimizer, task, args):
     if state_sharding is not None:  # several devices: split the slot axis over them
         box["state"] = jax.device_put(box["state"], state_sharding)
         theta = jax.device_put(theta, replicated)
-    step = jit(est.step, donate_argnums=(1,))
+    step = jit(est.step, donate_argnums=(1,), extra_options=optimizer_options(optimizer))
     t0 = time.perf_counter()
     grad, box["state"], _ = step(theta, box["state"], jax.random.PRNGKey(2))
     jax.block_until_ready((grad, box["state"]))

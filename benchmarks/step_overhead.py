@@ -11,7 +11,9 @@ Also reported: ``*_cpu_ms`` (process CPU seconds per update over a window of upd
 shared machine the steadier number, since time slices lost to other processes do not count),
 ``star_step_size`` (STAR with the learned step size of the shipped recipe), ``star_guarded``
 (STAR inside the non-finite guard that ``as_optax`` adds by default; the other learned
-optimizers are timed without it, as ``optax.adam`` has none), the optimizer state
+optimizers are timed without it, as ``optax.adam`` has none), ``star_step_size_lopt_options``
+(the learned step size jitted with ``lopt.utils.compile.optimizer_options``, as lopt's own
+loops compile it), the optimizer state
 in bytes per parameter (``state_bytes_per_param``, next to Adam's 8) and the process's peak
 resident memory (``peak_rss_mb``).
 
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.optimizers import STAR, Blackbox
+from lopt.utils.compile import optimizer_options
 
 
 def mlp_params(key, sizes=(784, 1024, 256, 10)):
@@ -51,24 +54,29 @@ def state_bytes_per_param(tx, params) -> float:
     return nbytes / sum(p.size for p in jax.tree.leaves(params))
 
 
-def compiled_update(tx, params, grads):
-    """``tx``'s update plus ``apply_updates``, jitted with XLA's defaults (as a user would)."""
+def compiled_update(tx, params, grads, compiler_options=None):
+    """``tx``'s update plus ``apply_updates``, jitted with XLA's defaults (as a user would)
+    unless ``compiler_options`` are given."""
     state = tx.init(params)
 
-    @jax.jit
     def step(params, state, grads):
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
+
+    step = jax.jit(step, compiler_options=compiler_options)
 
     for _ in range(3):  # compile and warm up
         jax.block_until_ready(step(params, state, grads))
     return lambda: jax.block_until_ready(step(params, state, grads))
 
 
-def time_updates(txs: dict, params, grads, repeats: int, window: int = 5) -> dict:
+def time_updates(txs: dict, params, grads, repeats: int, window: int = 5,
+                 options: dict | None = None) -> dict:
     """Wall ms per update (median and best over ``repeats``) and CPU ms per update (best
     window of ``window`` updates), the optimizers interleaved so that load hits all alike."""
-    steps = {name: compiled_update(tx, params, grads) for name, tx in txs.items()}
+    options = options or {}
+    steps = {name: compiled_update(tx, params, grads, options.get(name))
+             for name, tx in txs.items()}
     wall = {name: [] for name in steps}
     cpu = {name: [] for name in steps}
     for _ in range(repeats):
@@ -162,7 +170,12 @@ def main() -> None:
                 for name, opt in learned.items()})
     txs["star_guarded"] = learned["star"].as_optax(learned["star"].init(key))
     learned["star_guarded"] = learned["star"]
-    times = time_updates(txs, params, grads, args.repeats)
+    # the learned step size jitted with the options lopt's own loops use for it
+    step_size = learned["star_step_size"]
+    txs["star_step_size_lopt_options"] = txs["star_step_size"]
+    learned["star_step_size_lopt_options"] = step_size
+    options = {"star_step_size_lopt_options": optimizer_options(step_size) or None}
+    times = time_updates(txs, params, grads, args.repeats, options=options)
     res = {"num_params": int(n)}
     for name, t in times.items():
         res[f"{name}_ms"] = t["ms"]

@@ -86,3 +86,57 @@ def test_a_program_compiles_while_the_next_one_is_lowered(monkeypatch):
                                      jax.jit(lambda v: v * 3.0).lower(x)])
     np.testing.assert_array_equal(np.asarray(compiled[0](x)), [1.0, 2.0, 3.0])
     np.testing.assert_array_equal(np.asarray(compiled[1](x)), [0.0, 3.0, 6.0])
+
+
+def _star_update(opt):
+    """A jittable update of ``opt`` on a layer's parameters (XLA makes library reductions
+    for tensors from ~128x128 on)."""
+    params = {"w": jnp.ones((256, 128)), "b": jnp.ones((128,))}
+    grads = jax.tree.map(lambda p: 0.01 * jnp.cos(jnp.arange(p.size).reshape(p.shape)), params)
+    theta = opt.init(jax.random.PRNGKey(0))
+    state = opt.init_state(theta, params)
+    return (lambda p, s, g: opt.update(theta, s, g, p)), (params, state, grads)
+
+
+def test_optimizer_options_only_for_updates_that_average_over_a_tensor():
+    from lopt.optimizers import STAR, Blackbox
+    from lopt.utils.compile import LIBRARY_FUSION_OPTION, optimizer_options
+
+    off = {LIBRARY_FUSION_OPTION: ""}
+    assert optimizer_options(STAR(step_size_controller=True)) == off  # per tensor by default
+    assert optimizer_options(STAR(nominal_controller=True,
+                                  nominal_controller_aggregation="tensor")) == off
+    assert optimizer_options(STAR()) == {}
+    assert optimizer_options(STAR(step_size_controller=True,
+                                  step_size_aggregation="coordinate")) == {}
+    assert optimizer_options(STAR(nominal_controller=True)) == {}  # per coordinate
+    assert optimizer_options(Blackbox()) == {}
+    assert optimizer_options(object()) == {}  # anything else, e.g. an optax optimizer
+
+
+def test_shipped_star_spec_carries_the_options_and_they_remove_library_reductions():
+    """The shipped STAR (learned step size per tensor) resolves with the option; compiled with
+    it, its update has no library reduction left, where XLA's defaults make one (the mean that
+    split the MLP into a loop per hidden unit)."""
+    from lopt.training.optimizers import resolve
+    from lopt.utils.compile import LIBRARY_FUSION_OPTION, jit, optimizer_options
+
+    spec = resolve("star")
+    assert spec.xla_options == {LIBRARY_FUSION_OPTION: ""}
+    from lopt.optimizers import STAR
+
+    fun, args = _star_update(STAR(step_size_controller=True))
+    default = jax.jit(fun).lower(*args).compile().as_text()
+    if "__ynn_fusion" not in default:
+        pytest.skip("this jaxlib makes no library reductions here")
+    ours = jit(fun, extra_options=spec.xla_options).lower(*args).compile().as_text()
+    assert "__ynn_fusion" not in ours
+    plain = optimizer_options(STAR())
+    assert "__ynn_fusion" in jit(fun, extra_options=plain).lower(*args).compile().as_text()
+
+
+def test_an_option_this_xla_does_not_know_is_detected():
+    from lopt.utils.compile import LIBRARY_FUSION_OPTION, _accepts_option
+
+    assert _accepts_option(LIBRARY_FUSION_OPTION, "")
+    assert not _accepts_option("xla_cpu_no_such_option_in_any_version", "")

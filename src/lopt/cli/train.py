@@ -238,6 +238,7 @@ def _train(args, spec, stop) -> int:
             on_chunk=on_chunk,
             on_compile=on_compile,
             on_eval=rec.on_eval,
+            xla_options=spec.xla_options,
         )
         bar.close()
     records = rec.records

@@ -164,7 +164,8 @@ class EstimatorWorker:
 
         from lopt.metatrain.estimators import make_estimator
         from lopt.metatrain.trainer import slot_sharding
-        from lopt.utils.compile import jit
+        from lopt.utils.compile import jit as lopt_jit
+        from lopt.utils.compile import optimizer_options
 
         self.spec = spec
         self.estimator = make_estimator(
@@ -172,6 +173,11 @@ class EstimatorWorker:
         )
         self._loop_key = jax.numpy.asarray(spec.loop_key)
         theta = jax.tree.map(jax.numpy.asarray, theta)
+        options = optimizer_options(spec.optimizer)
+
+        def jit(fun, **kwargs):
+            return lopt_jit(fun, extra_options=options, **kwargs)
+
         # lopt's jit (the local engine's compile options and persistent cache); the slots'
         # initialization in one compiled program, as the single-process trainer does it
         state = jit(self.estimator.init)(theta, jax.numpy.asarray(spec.init_key))

@@ -143,6 +143,7 @@ def _run_cell(
     should_stop=None,
     on_progress=None,
     on_compile=None,
+    xla_options=None,
 ) -> Cell | None:
     """Load the cell at ``path`` or compute it; None when interrupted (nothing is written)."""
     if path is not None:
@@ -165,6 +166,7 @@ def _run_cell(
         should_stop=should_stop,
         on_chunk=(lambda done, losses, ev: on_progress(done)) if on_progress else None,
         on_compile=on_compile,
+        xla_options=xla_options,
     )
     if curves.stopped == "interrupted":
         return None
@@ -254,6 +256,7 @@ def run_task(
         cell = _run_cell(
             cell_path(key), dict(key, label=spec.label), task, spec.make_tx,
             stack_variants([spec.theta]), seeds, steps, eval_every, **hooks(spec.label, steps),
+            xla_options=spec.xla_options,
         )
         if cell is None:
             raise Interrupted

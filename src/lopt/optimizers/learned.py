@@ -91,6 +91,13 @@ class AdafactorMLPBase:
         return 2
 
     @property
+    def averages_outputs_per_tensor(self) -> bool:
+        """Whether the update uses the mean of an MLP output over each tensor (a per-tensor
+        controller); programs that run it compile with
+        :func:`lopt.utils.compile.optimizer_options`."""
+        return False
+
+    @property
     def num_inputs(self) -> int:
         """39 (28 per-coordinate + 11 time features), plus 6 with ``tensor_features``."""
         return NUM_INPUTS + (NUM_TENSOR_STATISTICS if self.tensor_features else 0)

@@ -190,6 +190,15 @@ class STAR(AdafactorMLPBase):
         return (2 + int(self.nominal_controller) + int(self.regularization_controller)
                 + int(self.step_size_controller))
 
+    @property
+    def averages_outputs_per_tensor(self) -> bool:
+        """A controller that is on and aggregated per tensor (``*_aggregation="tensor"``)."""
+        return any(on and how == "tensor" for on, how in (
+            (self.nominal_controller, self.nominal_controller_aggregation),
+            (self.regularization_controller, self.regularization_controller_aggregation),
+            (self.step_size_controller, self.step_size_aggregation),
+        ))
+
     def step_size(self, c) -> jnp.ndarray:
         """``k = exp(R tanh(lambda_c c / R))``: exponential scale, bounded to ``[e^-R, e^R]``."""
         c = _aggregate(c, self.step_size_aggregation)

@@ -103,6 +103,7 @@ def train_curves(
     on_chunk: Callable[[int, np.ndarray], None] | None = None,
     on_compile: Callable[[], None] | None = None,
     on_eval: Callable[[int, dict], None] | None = None,
+    xla_options: dict | None = None,
 ) -> TrainCurves:
     """Train ``task`` with every variant in ``thetas`` (leading axis ``G``) for every seed.
 
@@ -129,6 +130,8 @@ def train_curves(
         on_eval: ``on_eval(steps_done, {"eval_loss": [G, S], "eval_accuracy": [G, S]})``
             right after each held-out evaluation (before that chunk's ``on_chunk``); the
             accuracy entry only for tasks with ``eval_accuracy``.
+        xla_options: extra compile options for the training program (the optimizer's,
+            ``OptimizerSpec.xla_options``).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -181,7 +184,8 @@ def train_curves(
     over_seeds = dict(in_axes=(None, 0, 0, 0, None, None))
     over_variants = dict(in_axes=(0, 0, 0, None, None, None))
     run_chunk = jit(
-        jax.vmap(jax.vmap(chunk_one, **over_seeds), **over_variants), donate_argnums=(1, 2)
+        jax.vmap(jax.vmap(chunk_one, **over_seeds), **over_variants), donate_argnums=(1, 2),
+        extra_options=xla_options,
     )
     init_all = jit(jax.vmap(jax.vmap(init_one, in_axes=(None, 0)), in_axes=(0, None)))
     evaluate = None

@@ -19,6 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from lopt.optimizers.hand_designed import HAND_DESIGNED, hand_designed_tx
+from lopt.utils.compile import optimizer_options
 
 #: Default learning rates of the hand-designed optimizers (``lopt train`` without ``--lr``).
 DEFAULT_LR: dict[str, float] = {
@@ -49,6 +50,8 @@ class OptimizerSpec:
         config: the learned optimizer's architecture and switches (None for optax).
         hand_designed: the optax name for hand-designed optimizers (grids are built from it).
         learning_rate: their learning rate as given (``theta`` holds it as float32).
+        xla_options: extra compile options for programs that run it
+            (:func:`lopt.utils.compile.optimizer_options`).
     """
 
     label: str
@@ -59,6 +62,7 @@ class OptimizerSpec:
     config: dict | None = None
     hand_designed: str | None = None
     learning_rate: float | None = None
+    xla_options: dict = dataclasses.field(default_factory=dict)
 
     def identity(self) -> str:
         """A stable string naming exactly this optimizer: its kind, configuration and a digest
@@ -141,6 +145,7 @@ def learned_spec(theta, optimizer, *, label: str, kind: str, weights: dict | Non
         theta=theta,
         weights=weights,
         config=config,
+        xla_options=optimizer_options(optimizer),
     )
 
 
