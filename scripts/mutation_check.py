@@ -254,6 +254,22 @@ MUTATIONS = (
           "N = np.vstack([-alpha * P, eye])"),),
         ("tests/analysis/test_analysis_linear.py",),
     ),
+    # 10. numerics and compile options of the update
+    Mutation(
+        "rms-all-axes-at-once", "the RMS normalizers reduce every axis in one reduction again",
+        "optimizers/features.py",
+        (("sums = _sums_of_squares(tuple(channels[i] for i in idx), (ndim - 1,) if ndim else ())",
+          "sums = _sums_of_squares(tuple(channels[i] for i in idx), tuple(range(ndim)))"),
+         ("        if ndim > 1:\n            sums = jnp.sum(",
+          "        if False:\n            sums = jnp.sum(")),
+        ("tests/optimizers/test_features.py",),
+    ),
+    Mutation(
+        "library-reductions-kept", "per-tensor controllers keep XLA's library reductions",
+        "utils/compile.py",
+        (("    return {LIBRARY_FUSION_OPTION: \"\"}\n", "    return {}\n"),),
+        ("tests/utils/test_compile.py",),
+    ),
 )
 
 
