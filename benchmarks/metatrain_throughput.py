@@ -8,7 +8,7 @@ theta = {}, i.e. the same layout with an empty perturbation), in one process.
 
 Inner steps are counted as slots x truncation x 2 (both members of each antithetic pair are an
 optimizee step) per outer step. The step is compiled as ``lopt meta-train`` compiles it
-(:func:`lopt.utils.compile.jit`). Rates come from the best wall-clock window and, as
+(:func:`lopt.utils.compile.optimizer_jit`). Rates come from the best wall-clock window and, as
 ``*_cpu``, from process CPU time (steadier on a shared machine); ``peak_rss_mb`` is the
 process's peak resident memory. Prints one JSON object.
 
@@ -31,7 +31,7 @@ def build(optimizer, task, args):
     from lopt.metatrain.config import EstimatorConfig
     from lopt.metatrain.estimators import make_estimator
     from lopt.metatrain.trainer import slot_sharding
-    from lopt.utils.compile import jit, optimizer_options
+    from lopt.utils.compile import optimizer_jit
 
     cfg = EstimatorConfig(
         estimator="pes",
@@ -48,7 +48,7 @@ def build(optimizer, task, args):
     if state_sharding is not None:  # several devices: split the slot axis over them
         box["state"] = jax.device_put(box["state"], state_sharding)
         theta = jax.device_put(theta, replicated)
-    step = jit(est.step, donate_argnums=(1,), extra_options=optimizer_options(optimizer))
+    step = optimizer_jit(optimizer)(est.step, donate_argnums=(1,))
     t0 = time.perf_counter()
     grad, box["state"], _ = step(theta, box["state"], jax.random.PRNGKey(2))
     jax.block_until_ready((grad, box["state"]))

@@ -164,8 +164,7 @@ class EstimatorWorker:
 
         from lopt.metatrain.estimators import make_estimator
         from lopt.metatrain.trainer import slot_sharding
-        from lopt.utils.compile import jit as lopt_jit
-        from lopt.utils.compile import optimizer_options
+        from lopt.utils.compile import optimizer_jit
 
         self.spec = spec
         self.estimator = make_estimator(
@@ -173,13 +172,10 @@ class EstimatorWorker:
         )
         self._loop_key = jax.numpy.asarray(spec.loop_key)
         theta = jax.tree.map(jax.numpy.asarray, theta)
-        options = optimizer_options(spec.optimizer)
-
-        def jit(fun, **kwargs):
-            return lopt_jit(fun, extra_options=options, **kwargs)
-
-        # lopt's jit (the local engine's compile options and persistent cache); the slots'
-        # initialization in one compiled program, as the single-process trainer does it
+        # lopt's jit (the local engine's and the optimizer's compile options, the persistent
+        # cache); the slots' initialization in one compiled program, as the single-process
+        # trainer does it
+        jit = optimizer_jit(spec.optimizer)
         state = jit(self.estimator.init)(theta, jax.numpy.asarray(spec.init_key))
         est_sh, rep = slot_sharding(state)
         if est_sh is None:

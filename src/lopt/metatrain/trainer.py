@@ -45,8 +45,7 @@ from lopt.metatrain.checkpoint import CheckpointError, load_checkpoint, save_che
 from lopt.metatrain.config import MetaTrainConfig
 from lopt.metatrain.estimators import allocate_slots, make_estimator, mean_gradient
 from lopt.metatrain.unroll import tree_where
-from lopt.utils.compile import compile_concurrently, optimizer_options
-from lopt.utils.compile import jit as lopt_jit
+from lopt.utils.compile import compile_concurrently, optimizer_jit
 from lopt.utils.interrupt import graceful_interrupt
 from lopt.utils.io import atomic_write_bytes, atomic_write_json
 
@@ -214,8 +213,8 @@ class MetaTrainer:
             self.optimizer, task, config.estimator_config(), scan_unroll=scan_unroll
         )
         self.tx = outer_optimizer(config)
-        # the inner optimizer's compile options, for every program the trainer compiles
-        self._xla_options = optimizer_options(self.optimizer)
+        # lopt's jit with the inner optimizer's compile options, for every program compiled here
+        self._jit = optimizer_jit(self.optimizer)
         self._save_theta = save_theta
         root = jax.random.PRNGKey(config.seed)
         self.key_theta, self.key_est, self.key_eval, self.key_loop = jax.random.split(root, 4)
@@ -289,10 +288,6 @@ class MetaTrainer:
         )
         diag = dict(diag, grad_norm=grad_norm, skipped_update=skipped)
         return theta, opt_state, est_state, diag
-
-    def _jit(self, fun, **kwargs):
-        """lopt's jit with the inner optimizer's compile options."""
-        return lopt_jit(fun, extra_options=self._xla_options, **kwargs)
 
     def apply_estimate(self, theta, opt_state, grad_sum, valid_pairs):
         """The outer update from pooled estimator sums (``GradientEstimator.step_sum`` of one

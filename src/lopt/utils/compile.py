@@ -124,6 +124,12 @@ def _accepts_option(name: str, value: str) -> bool:
     return True
 
 
+def optimizer_jit(optimizer):
+    """:func:`jit` with ``optimizer``'s :func:`optimizer_options`, for the programs that run
+    its update (meta-training steps, evaluations)."""
+    return functools.partial(jit, extra_options=optimizer_options(optimizer))
+
+
 def jit(fun, *, extra_options: dict | None = None, **kwargs):
     """``jax.jit`` for lopt's own programs: the persistent cache on, compile-time options set
     (``extra_options``, e.g. :func:`optimizer_options`, added to :func:`compiler_options`)."""
