@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from lopt.optimizers.learned import DEFAULT_MAX_NONFINITE_SKIPS
+from lopt.optimizers.learned import DEFAULT_MAX_NONFINITE_SKIPS, nonfinite_skips
 from lopt.torch.features import (
     as_tensor_shape,
     init_leaf_state,
@@ -58,13 +58,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         max_nonfinite_skips: int | None = DEFAULT_MAX_NONFINITE_SKIPS,
         **switches,
     ):
-        if max_nonfinite_skips is not None and int(max_nonfinite_skips) < 0:
-            raise ValueError(
-                f"max_nonfinite_skips must be >= 0 or None, got {max_nonfinite_skips}"
-            )
+        skips = nonfinite_skips(max_nonfinite_skips)  # checked before any file is read
         theta_j, opt = resolve_meta_params(self.kind, theta, switches)
         self._set_meta(theta_j, opt)
-        self.max_nonfinite_skips = _skips(max_nonfinite_skips)
+        self.max_nonfinite_skips = skips
         self.notfinite_count = 0  # consecutive non-finite steps
         self.total_notfinite = 0
         self.last_finite = True
@@ -224,7 +221,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 k: st[k].detach().to(device=p.device, dtype=expected[k].dtype, copy=True)
                 for k in STATE_KEYS
             }
-        self.max_nonfinite_skips = _skips(extra["max_nonfinite_skips"])
+        self.max_nonfinite_skips = nonfinite_skips(extra["max_nonfinite_skips"])
         self.notfinite_count = int(extra["notfinite_count"])
         self.total_notfinite = int(extra["total_notfinite"])
         self.last_finite = bool(extra["last_finite"])
@@ -262,8 +259,3 @@ class Blackbox(LearnedOptimizer):
     """The blackbox Adafactor-MLP learned optimizer for torch (see :class:`STAR`)."""
 
     kind = "blackbox"
-
-
-def _skips(value) -> int | None:
-    """``max_nonfinite_skips`` as stored: an int, or None for no guard."""
-    return None if value is None else int(value)
