@@ -13,6 +13,7 @@ from lopt.optimizers.features import (
     NUM_TENSOR_FEATURES,
     RMS_EPS,
     channel_rms,
+    compute_layout,
     factored_dims,
     init_leaf_state,
     leaf_features,
@@ -259,3 +260,48 @@ def test_meta_gradient_is_finite_with_rows_that_never_see_a_gradient(opt, monkey
     unguarded = jax.tree.map(np.asarray, two_steps(theta))
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(unguarded), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_compute_layout_moves_a_long_axis_last_only_behind_a_short_last_axis():
+    assert compute_layout((32, 10)) == (1, 0)
+    assert compute_layout((3, 3, 32, 8)) == (0, 1, 3, 2)
+    assert compute_layout((6, 32, 5, 4)) == (0, 2, 3, 1)
+    assert compute_layout((64, 16)) is None  # a last axis of 16 is long enough
+    assert compute_layout((3, 3, 8, 4)) is None  # no axis of 16 or more to move there
+    assert compute_layout((10,)) is None
+    assert compute_layout((10, 10)) is None
+
+
+@pytest.mark.parametrize(
+    "shape, col_axis",
+    [((32, 10), 0), ((6, 32, 5, 4), 0)],
+    ids=["classifier-kernel", "4d"],
+)
+@pytest.mark.parametrize("opt", [STAR(output_init_scale=1.0), Blackbox()], ids=["star", "blackbox"])
+def test_update_computed_in_another_layout_is_the_transposed_update(opt, shape, col_axis):
+    """A tensor with a short last axis is updated in another axis order (``compute_layout``).
+    Oracle: the same optimizer on the transposed tensor, whose last axis is long and which
+    takes the plain path; the update and every accumulator must be its transpose (up to the
+    order of float sums) over several steps. ``col_axis``: where the moved axis sits among the
+    column statistics' axes (by hand)."""
+    perm = compute_layout(shape)
+    inv = tuple(np.argsort(perm))
+    theta = opt.init(jax.random.PRNGKey(0))
+    theta = jax.tree.map(lambda x: x + 0.3 * jnp.sin(jnp.arange(x.size).reshape(x.shape)), theta)
+    p = {"w": jax.random.normal(jax.random.PRNGKey(1), shape)}
+    q = {"w": jnp.transpose(p["w"], perm)}
+    sp, sq = opt.init_state(theta, p), opt.init_state(theta, q)
+    for i in range(4):
+        g = jax.random.normal(jax.random.PRNGKey(10 + i), shape) * (1.0 + i)
+        dp, sp = opt.deltas(theta, sp, {"w": g}, p)
+        dq, sq = opt.deltas(theta, sq, {"w": jnp.transpose(g, perm)}, q)
+        close = dict(rtol=2e-5, atol=1e-7)
+        np.testing.assert_allclose(dp["w"], jnp.transpose(dq["w"], inv), **close)
+        a, b = sp.leaves["w"], sq.leaves["w"]
+        np.testing.assert_allclose(a.m, jnp.transpose(b.m, (0, *(1 + i for i in inv))), **close)
+        np.testing.assert_allclose(a.v, jnp.transpose(b.v, inv), **close)
+        np.testing.assert_allclose(a.row, b.row, **close)
+        np.testing.assert_allclose(a.col, jnp.moveaxis(b.col, -1, 1 + col_axis), **close)
+        assert float(jnp.max(jnp.abs(dp["w"]))) > 1e-4
+        p = {"w": p["w"] + dp["w"]}
+        q = {"w": q["w"] + dq["w"]}

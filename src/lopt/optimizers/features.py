@@ -123,6 +123,37 @@ def factored_dims(shape: tuple[int, ...]) -> tuple[int, int] | None:
     return int(order[-2]), int(order[-1])
 
 
+#: a minor (last) dimension below this is slow to loop over (see ``compute_layout``)
+MIN_MINOR_DIM = 16
+
+
+def compute_layout(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The axis order in which a tensor's update is computed, or None for its own order.
+
+    XLA's CPU loops vectorize the minor (last) dimension: a tensor whose last dimension is
+    small, such as a classifier's ``(hidden, 10)`` output kernel or a convolution's
+    ``(3, 3, 32, 8)``, leaves most of every vector lane empty. Measured on STAR's update (16
+    vmapped copies, 2 cores): ``(32, 10)`` 28 ns per coordinate against 11 ns for
+    ``(10, 32)``, ``(256, 10)`` 21 vs 5.0, ``(128, 8)`` 20 vs 5.2; a last dimension of 16 or
+    more is close to even (``(64, 16)`` 6.4 vs 5.4, ``(64, 24)`` 5.1 vs 4.9). Such a tensor
+    is computed with its largest dimension moved last, where that dimension is long enough
+    to gain (``(3, 3, 8, 4)`` stays as it is: moving its 8 lost time). With the transposes
+    in and out: ``(32, 10)`` 28 -> 16 ns, ``(3, 3, 32, 8)`` 21 -> 12 ns, ``(256, 10)`` without
+    vmap 29 -> 10.5 ns (``(10, 256)``: 7 ns); PES meta-training on the digits MLP family,
+    whose output kernel is ``(32, 10)``, ~7% more inner steps per second. Per coordinate it is
+    the same arithmetic; only the order of the sums behind the RMS normalizers and the
+    factored statistics changes (float rounding). Moving the largest axis keeps
+    :func:`factored_dims` pointing at the same axes, so the row statistics keep their
+    layout.
+    """
+    if len(shape) < 2 or shape[-1] >= MIN_MINOR_DIM:
+        return None
+    largest = factored_dims(shape)[1]
+    if shape[largest] < MIN_MINOR_DIM:  # no better axis: the transposes would cost only
+        return None
+    return tuple(i for i in range(len(shape)) if i != largest) + (largest,)
+
+
 def as_tensor(x: jax.Array) -> jax.Array:
     """Scalars become shape ``(1,)`` tensors (spec: scalars are treated as 1-vectors)."""
     return x.reshape((1,)) if x.ndim == 0 else x
@@ -140,6 +171,24 @@ def init_leaf_state(p: jax.Array) -> LeafState:
         row = zeros((3, *[n for i, n in enumerate(shape) if i != d1]))
         col = zeros((3, *[n for i, n in enumerate(shape) if i != d0]))
     return LeafState(m=zeros((3, *shape)), v=zeros(shape), row=row, col=col)
+
+
+def state_to_layout(st: LeafState, shape: tuple[int, ...], *, back: bool = False) -> LeafState:
+    """Accumulators of a tensor of ``shape`` moved into its :func:`compute_layout` (or, with
+    ``back=True``, from it back into the tensor's own order). Row statistics need no move:
+    they lack the moved axis."""
+    perm = compute_layout(shape)
+    if perm is None:
+        return st
+    d0, moved = factored_dims(shape)
+    in_col = moved - (d0 < moved)  # the moved axis among the column statistics' axes
+
+    def move(x, axis):
+        return jnp.moveaxis(x, -1, axis) if back else jnp.moveaxis(x, axis, -1)
+
+    return LeafState(
+        m=move(st.m, 1 + moved), v=move(st.v, moved), row=st.row, col=move(st.col, 1 + in_col)
+    )
 
 
 def _stack(decay: jax.Array, ndim: int) -> jax.Array:

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lopt.optimizers.features import (
@@ -20,8 +21,10 @@ from lopt.optimizers.features import (
     AccumulatorConfig,
     LeafState,
     as_tensor,
+    compute_layout,
     init_leaf_state,
     leaf_features,
+    state_to_layout,
     tensor_statistics,
     time_features,
     update_accumulators,
@@ -146,6 +149,10 @@ class AdafactorMLPBase:
         for p, g, st in zip(p_leaves, g_leaves, s_leaves, strict=True):
             p32 = as_tensor(jnp.asarray(p)).astype(jnp.float32)
             g32 = as_tensor(jnp.asarray(g)).astype(jnp.float32)
+            shape, perm = p32.shape, compute_layout(p32.shape)
+            if perm is not None:  # a small last dimension: computed with another axis last
+                p32, g32 = jnp.transpose(p32, perm), jnp.transpose(g32, perm)
+                st = state_to_layout(st, shape)
             st = update_accumulators(st, g32, decays)
             feats = leaf_features(p32, g32, st)
             glob = tfeat
@@ -153,6 +160,9 @@ class AdafactorMLPBase:
                 glob = jnp.concatenate([tfeat, tensor_statistics(g32, st, feats.rms)])
             outs = fused_mlp(theta["mlp"], feats.channels, feats.rms, glob, p32.shape)
             delta = self.leaf_delta(outs, p32, g32, st)
+            if perm is not None:
+                delta = _transpose_back(delta, perm)
+                st = state_to_layout(st, shape, back=True)
             deltas.append(delta.reshape(jnp.shape(p)).astype(jnp.asarray(p).dtype))
             new_leaves.append(st)
         new_state = LearnedOptState(
@@ -210,6 +220,23 @@ class AdafactorMLPBase:
         if max_nonfinite_skips is None:
             return inner
         return optax.apply_if_finite(inner, max_consecutive_errors=max_nonfinite_skips)
+
+
+def _transpose_back(x: jax.Array, perm: tuple[int, ...]) -> jax.Array:
+    """``x``, computed in the axis order ``perm`` (:func:`~lopt.optimizers.features.
+    compute_layout`), in the tensor's own order.
+
+    Through a product with the identity first: XLA's CPU compiler fuses a plain transpose
+    into the loop that computes ``x`` and then runs that loop in the tensor's own order, with
+    the short last dimension the layout exists to avoid (measured: no gain at all, and an
+    ``optimization_barrier`` is removed before fusion). A dot is not fused into, so ``x`` is
+    computed in its layout and only the cheap transpose runs in the other. The product is
+    exact for finite values (``1 * x`` plus zeros); a non-finite value spreads along its
+    last axis, where the tensor's RMS normalizers have in practice already made every
+    coordinate non-finite.
+    """
+    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
+    return jnp.transpose(jnp.einsum("...j,jk->...k", x, eye), np.argsort(perm))
 
 
 def json_ready(obj):
