@@ -270,6 +270,23 @@ MUTATIONS = (
         (("    return {LIBRARY_FUSION_OPTION: \"\"}\n", "    return {}\n"),),
         ("tests/utils/test_compile.py",),
     ),
+    Mutation(
+        "layout-params-not-transposed",
+        "a tensor computed in another axis order reads its parameters reshaped, not transposed",
+        "optimizers/learned.py",
+        ((
+            "p32, g32 = jnp.transpose(p32, perm), jnp.transpose(g32, perm)",
+            "p32, g32 = p32.reshape([p32.shape[i] for i in perm]), jnp.transpose(g32, perm)",
+        ),),
+        ("tests/optimizers/test_update_vs_reference.py", "tests/optimizers/test_features.py"),
+    ),
+    Mutation(
+        "layout-columns-not-moved",
+        "the column statistics of a tensor computed in another axis order keep their own order",
+        "optimizers/features.py",
+        (("col=move(st.col, 1 + in_col)", "col=st.col"),),
+        ("tests/optimizers/test_features.py",),
+    ),
 )
 
 

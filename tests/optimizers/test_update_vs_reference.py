@@ -7,7 +7,7 @@ at full output scale (the learned term is large) and the switch-dependent multip
 enough that every MLP output moves the step by far more than the tolerance.
 
 Switches: ``SWITCHES`` is the table of every STAR switch and its values. The end-to-end test
-(50 steps, 4 tensor shapes, compiled once per config, ~3 s each) runs a pairwise-covering set of
+(50 steps, 5 tensor shapes, compiled once per config, ~3 s each) runs a pairwise-covering set of
 its combinations -- every pair of values of any two switches appears in some config -- plus the
 product defaults; the full product of the switches that decide how outputs become a step (2916
 combinations) is checked for that part of the update (``leaf_delta``: MLP outputs and
@@ -31,9 +31,11 @@ from lopt.optimizers.features import LeafState
 from reference.adafactor_mlp_reference import CONFIG_KEYS, ReferenceOptimizer
 
 STEPS = 50
-SHAPES = {"scalar": (), "vector": (7,), "matrix": (5, 3), "conv": (3, 3, 2, 4)}
+# "kernel": a short last axis behind a long one, computed in another axis order by the update
+# (``lopt.optimizers.features.compute_layout``; the reference knows nothing of it).
+SHAPES = {"scalar": (), "vector": (7,), "matrix": (5, 3), "conv": (3, 3, 2, 4), "kernel": (18, 5)}
 # Gradient scale per tensor: 1e-3 puts v near the 1e-6 epsilon; 10 is far above it.
-GRAD_SCALES = {"scalar": 1e-3, "vector": 1.0, "matrix": 10.0, "conv": 1e-2}
+GRAD_SCALES = {"scalar": 1e-3, "vector": 1.0, "matrix": 10.0, "conv": 1e-2, "kernel": 0.1}
 
 #: Every STAR switch and the values it takes. A new switch must be added here (and to the
 #: reference): ``test_switch_table_lists_every_switch`` and the reference's unknown-key check
