@@ -305,3 +305,16 @@ def test_update_computed_in_another_layout_is_the_transposed_update(opt, shape, 
         assert float(jnp.max(jnp.abs(dp["w"]))) > 1e-4
         p = {"w": p["w"] + dp["w"]}
         q = {"w": q["w"] + dq["w"]}
+
+
+def test_transpose_back_through_the_identity_product_is_exact():
+    """The identity product that keeps XLA from fusing the transpose must not round: the
+    result equals a plain transpose bit for bit (finite values, jitted and vmapped as in
+    meta-training)."""
+    from lopt.optimizers.learned import _transpose_back
+
+    perm = (0, 2, 3, 1)
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 6, 5, 4, 32)) * jnp.logspace(-30, 30, 32)
+    got = jax.jit(jax.vmap(lambda a: _transpose_back(a, perm)))(x)
+    want = jnp.transpose(x, (0, *(1 + i for i in np.argsort(perm))))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
