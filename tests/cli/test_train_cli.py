@@ -255,3 +255,30 @@ def test_missing_weights_file_is_file_not_found(tmp_path, capsys):
     assert exc.value.code == 2
     assert f"file not found: {missing}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_prodigy_is_parameter_free_and_optax_prodigy(tmp_path):
+    """``prodigy`` trains at its default multiplier 1.0 (recorded as the run's lr) and is
+    optax's Prodigy, also through the traced learning rate of a vmapped grid."""
+    import optax
+
+    from lopt.optimizers.hand_designed import hand_designed_tx
+
+    out = tmp_path / "run"
+    assert train(out, "--task", "quadratic", "--optimizer", "prodigy", "--steps", "300",
+                 "--log-every", "100") == 0
+    recs = read_metrics(out)
+    assert json.loads((out / "config.json").read_text())["lr"] == 1.0
+    assert recs[-1]["loss"] < 0.1 * recs[0]["loss"]
+
+    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    ours = hand_designed_tx("prodigy")({"learning_rate": jnp.float32(1.0)})
+    ref = optax.contrib.prodigy(1.0)
+    s_ours, s_ref = ours.init(params), ref.init(params)
+    for i in range(5):
+        grads = jax.tree.map(lambda p, i=i: jnp.sin(p + i), params)
+        u_ours, s_ours = jax.jit(ours.update)(grads, s_ours, params)
+        u_ref, s_ref = ref.update(grads, s_ref, params)
+        for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_ref), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=0)  # jitted vs eager rounding
+        params = optax.apply_updates(params, u_ref)

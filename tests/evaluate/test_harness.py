@@ -134,6 +134,8 @@ def test_cli_writes_report_results_and_figures(tmp_path, capsys):
         (["--optimizer", "star", "--tasks", "digits_mlp,nope"], ["digits_mlp", "nqm"]),
         (["--optimizer", "missing.safetensors"], ["star", "blackbox", "adam", "file not found"]),
         (["--optimizer", "star", "--seeds", "0"], ["seeds"]),
+        (["--optimizer", "star", "--baseline", "prodigy"], ["sets its own step size", "adamw"]),
+        (["--optimizer", "star", "--baseline", "lbfgs"], ["unknown", "adam, adamw"]),
     ],
 )
 def test_bad_input_exits_2_and_lists_choices(tmp_path, capsys, argv, expected):

@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
         action="append",
         required=True,
         metavar="NAME_OR_PATH",
-        help="star | blackbox | adam | sgd | momentum | adamw | PATH to saved meta-parameters "
+        help="star | blackbox | adam | sgd | momentum | adamw | prodigy | PATH to saved "
+        "meta-parameters "
         "(repeat the flag to compare several)",
     )
     p.add_argument(
@@ -58,7 +59,7 @@ def add_parser(sub) -> None:
     p.add_argument("--cap", type=float, default=4.0,
                    help="the baseline runs cap x the steps; larger speedups are '>= cap'")
     p.add_argument("--baseline", default="adam",
-                   help="hand-designed optimizer tuned over the grid (adam, momentum, ...)")
+                   help="hand-designed optimizer tuned over the grid (adam, adamw, momentum, sgd)")
     p.add_argument("--out", required=True,
                    help="output folder; an evaluation already there is continued")
     add_run_dir_flags(p)

@@ -45,7 +45,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--optimizer",
         required=True,
-        help="adam | sgd | momentum | adamw | star | blackbox | PATH to saved meta-params",
+        help="adam | sgd | momentum | adamw | prodigy | star | blackbox | PATH to saved "
+        "meta-params",
     )
     p.add_argument(
         "--lr",

@@ -58,16 +58,21 @@ class EvalSettings:
     eval_points: int = 10
 
     def __post_init__(self):
-        from lopt.optimizers.hand_designed import HAND_DESIGNED
+        from lopt.optimizers.hand_designed import LEARNING_RATE_TUNED
 
         object.__setattr__(self, "grid", tuple(float(x) for x in self.grid))
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if not self.cap >= 1:
             raise ValueError(f"cap must be >= 1, got {self.cap}")
-        if self.baseline not in HAND_DESIGNED:
+        if self.baseline not in LEARNING_RATE_TUNED:
+            what = (
+                "sets its own step size, so a grid of learning rates cannot tune it (evaluate "
+                "it as an optimizer instead)" if self.baseline == "prodigy" else "is unknown"
+            )
             raise ValueError(
-                f"unknown baseline {self.baseline!r}; choose one of {', '.join(HAND_DESIGNED)}"
+                f"baseline {self.baseline!r} {what}; the baseline is one of "
+                f"{', '.join(LEARNING_RATE_TUNED)}"
             )
         if not self.grid or any(not (math.isfinite(x) and x > 0) for x in self.grid):
             raise ValueError(f"grid must be positive learning rates, got {self.grid}")

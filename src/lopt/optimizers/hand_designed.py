@@ -20,12 +20,21 @@ _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
     "adam": lambda lr: optax.adam(lr),
     "adamw": lambda lr: optax.adamw(lr, weight_decay=1e-4),
+    # Parameter-free Adam (Mishchenko & Defazio 2023): it estimates its own step size, and
+    # the "learning rate" is a multiplier of that estimate (1.0 is the method as published).
+    # Here as the reference a learned optimizer's "no learning rate to tune" should be held
+    # against, next to tuned Adam.
+    "prodigy": lambda lr: optax.contrib.prodigy(lr),
 }
 HAND_DESIGNED = tuple(_BUILDERS)
+#: the optimizers whose learning rate is a step size, so a grid of rates can tune them (an
+#: evaluation's baseline); Prodigy's is a multiplier of its own estimate and is not tuned.
+LEARNING_RATE_TUNED = ("sgd", "momentum", "adam", "adamw")
 
 
 def hand_designed(name: str, learning_rate: float) -> optax.GradientTransformation:
-    """``sgd``, ``momentum`` (0.9), ``adam`` or ``adamw`` (weight decay 1e-4) from optax."""
+    """``sgd``, ``momentum`` (0.9), ``adam``, ``adamw`` (weight decay 1e-4) or ``prodigy``
+    (parameter-free; ``learning_rate`` multiplies its own step-size estimate) from optax."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(HAND_DESIGNED)}")
     if learning_rate <= 0:

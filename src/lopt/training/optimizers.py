@@ -1,6 +1,7 @@
 """Turn an optimizer named on a command line (or in an evaluation) into something trainable.
 
-``adam | sgd | momentum | adamw`` are optax optimizers with a learning rate; ``star`` and
+``adam | sgd | momentum | adamw`` are optax optimizers with a learning rate, ``prodigy`` the
+parameter-free one (its learning rate multiplies its own estimate); ``star`` and
 ``blackbox`` are the learned optimizers with the package's shipped weights (or their
 meta-initialization when none ship); anything else is a path to meta-parameters saved by
 :func:`lopt.save_meta_params`. Every resolved optimizer says which weights it uses (path and
@@ -27,6 +28,7 @@ DEFAULT_LR: dict[str, float] = {
     "sgd": 0.1,
     "momentum": 0.01,  # heavy ball, momentum 0.9
     "adamw": 1e-3,  # weight decay 1e-4
+    "prodigy": 1.0,  # a multiplier of its own step-size estimate: 1.0 is parameter-free
 }
 LEARNED = ("star", "blackbox")
 NAMES = (*HAND_DESIGNED, *LEARNED)
