@@ -58,7 +58,7 @@ class EvalSettings:
     eval_points: int = 10
 
     def __post_init__(self):
-        from lopt.optimizers.hand_designed import LEARNING_RATE_TUNED
+        from lopt.optimizers.hand_designed import HAND_DESIGNED, LEARNING_RATE_TUNED
 
         object.__setattr__(self, "grid", tuple(float(x) for x in self.grid))
         if self.seeds < 1:
@@ -68,7 +68,7 @@ class EvalSettings:
         if self.baseline not in LEARNING_RATE_TUNED:
             what = (
                 "sets its own step size, so a grid of learning rates cannot tune it (evaluate "
-                "it as an optimizer instead)" if self.baseline == "prodigy" else "is unknown"
+                "it as an optimizer instead)" if self.baseline in HAND_DESIGNED else "is unknown"
             )
             raise ValueError(
                 f"baseline {self.baseline!r} {what}; the baseline is one of "
