@@ -287,6 +287,21 @@ MUTATIONS = (
         (("col=move(st.col, 1 + in_col)", "col=st.col"),),
         ("tests/optimizers/test_features.py",),
     ),
+    Mutation(
+        "distance-no-bias-correction",
+        "Prodigy's distance estimate weighs its terms without Adam's bias correction",
+        "optimizers/distance.py",
+        (("jnp.sqrt(1 - BETA2**t) / (1 - BETA1**t)", "jnp.sqrt(1 - BETA2**t)"),),
+        ("tests/optimizers/test_distance.py", REFERENCE),
+    ),
+    Mutation(
+        "distance-feature-wrong-unit",
+        "the distance input is measured in 1e-3 instead of the nominal step alpha",
+        "optimizers/learned.py",
+        (("distance_feature(state.distance.d, self.distance_unit)",
+          "distance_feature(state.distance.d, 1e-3)"),),
+        (REFERENCE,),
+    ),
 )
 
 

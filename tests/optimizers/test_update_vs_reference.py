@@ -49,9 +49,10 @@ SWITCHES = {
     "step_size_controller": ("off", "coordinate", "tensor"),
     "learned_term": (True, False),  # step_multiplier > 0 or == 0 ("nominal only")
     "tensor_features": (False, True),  # six tensor-level MLP inputs after the time features
+    "distance_feature": (False, True),  # Prodigy's distance estimate as one more MLP input
 }
 #: Switches that change the MLP's inputs only: ``leaf_delta`` (outputs -> step) never sees them.
-INPUT_SWITCHES = ("tensor_features",)
+INPUT_SWITCHES = ("tensor_features", "distance_feature")
 
 #: Multipliers large enough that every MLP output changes the step by O(1) relative amounts
 #: (with the defaults 1e-3, exp(1e-3 m) ~ 1 would hide a wrong m, n or r).
@@ -86,6 +87,7 @@ def star_kwargs(combo: dict) -> dict:
         kw.update(step_size_controller=True, step_size_aggregation=combo["step_size_controller"])
     kw["step_multiplier"] = 1e-3 if combo["learned_term"] else 0.0
     kw["tensor_features"] = combo["tensor_features"]
+    kw["distance_feature"] = combo["distance_feature"]
     return kw
 
 
@@ -195,6 +197,7 @@ def assert_close_to_reference(opt, kind: str, theta, seed: int = 0):
     j_state = opt.init_state(theta, j_params)
     deltas = jax.jit(opt.deltas)
     drift = [np.zeros(np.shape(p)) for p in params]  # accumulated per-step tolerances
+    grew = False
     for t, gs in enumerate(grads):
         j_delta, j_state = deltas(theta, j_state, [jnp.asarray(g) for g in gs], j_params)
         r_params, r_state, info = ref.step(theta_np, r_state, gs, r_params)
@@ -213,6 +216,12 @@ def assert_close_to_reference(opt, kind: str, theta, seed: int = 0):
                 f"vs reference {want[bad][:3]}"
             )
         j_params = [p + d for p, d in zip(j_params, j_delta, strict=True)]
+        if opt.distance_feature:  # the estimate the next step's input is made of
+            d_ref = r_state["distance"]["d"]
+            np.testing.assert_allclose(float(j_state.distance.d), d_ref, rtol=1e-3, err_msg=t)
+            grew = grew or d_ref > 1e-6
+    if opt.distance_feature:
+        assert grew, "the distance estimate never left d0: its input was a constant"
     for i, name in enumerate(SHAPES):
         # the two trajectories differ by at most the per-step tolerances added up
         assert np.all(np.abs(np.asarray(j_params[i]) - r_params[i]) <= drift[i]), name
@@ -235,6 +244,12 @@ def test_blackbox_update_matches_reference(hidden_sizes):
 def test_blackbox_with_large_magnitude_multiplier_matches_reference():
     opt = Blackbox(magnitude_multiplier=0.5, step_multiplier=1e-2)
     assert_close_to_reference(opt, "blackbox", random_theta(opt, 2), seed=1)
+
+
+def test_blackbox_with_distance_feature_matches_reference():
+    """Prodigy's distance estimate reaches the MLP as one input after the time features."""
+    opt = Blackbox(distance_feature=True, tensor_features=True)
+    assert_close_to_reference(opt, "blackbox", random_theta(opt, 6), seed=4)
 
 
 @pytest.mark.parametrize("hidden_sizes", [(4, 4), (5,)], ids=["4x4", "5"])

@@ -25,11 +25,20 @@ What it implements, per parameter tensor (scalars are treated as shape-(1,) tens
   EMA ``f`` and the normalization is ``x / sqrt(f + 1e-30)``. Each channel is divided by
   ``sqrt(mean over the tensor of channel^2 + 1e-5)``;
 * 11 time features ``tanh(t / tau - 1)``, t = updates done before this one;
-* with ``tensor_features`` on, 6 tensor-level inputs after the time features, the same for every
+* with ``distance_feature`` on, one more input after the time features, the same for every
+  coordinate of every tensor: ``log(d / unit) / 5``, ``unit`` = STAR's ``alpha`` (1e-3 for the
+  blackbox or ``alpha = 0``), ``d`` Prodigy's distance estimate *before* this step, written as
+  in Prodigy (Mishchenko & Defazio 2023) and optax.contrib.prodigy, with their ``1 / d0``
+  scaling: ``d0 = 1e-6``; per step ``t = 1, 2, ...``,
+  ``lr_t = d sqrt(1 - 0.999^t) / (1 - 0.9^t)``, ``num <- sqrt(0.999) num + (d / d0) lr_t
+  <g, x0 - x>``, ``s <- sqrt(0.999) s + (d / d0) lr_t g`` (all tensors, ``x`` where the
+  gradient was taken, ``x0`` the initial parameters), ``d <- max(d, num / sum |s|)``;
+* with ``tensor_features`` on, 6 tensor-level inputs after those, the same for every
   coordinate of the tensor: ``log sqrt(mean over the tensor of (m_i / sqrt(v + 1e-6))^2 + 1e-5)``
   for the three momenta (the log of the Adam-ratio features' normalizer), then the cosines
   ``<g, m_i> / (|g| |m_i|)`` over the whole tensor (0 when either is zero);
-* MLP ``39 (or 45) -> hidden... -> outputs``, ReLU on hidden layers, linear output layer;
+* MLP ``39 (+1 with distance_feature, +6 with tensor_features) -> hidden... -> outputs``, ReLU
+  on hidden layers, linear output layer;
 * outputs ``[d, m]`` then ``n`` (if the nominal controller is on), ``r`` (if the
   regularization controller is on) and ``c`` (if the step size controller is on);
 * Blackbox: ``phi <- phi - lambda_s d exp(lambda_0 m)``;
@@ -56,6 +65,8 @@ RMS_EPS = 1e-5
 DECAY_LIMITS = (1e-4, 1.0 - 1e-6)
 NUM_FEATURES = 28 + len(TIME_SCALES)
 NUM_TENSOR_INPUTS = 6  # with ``tensor_features``: 3 log-RMS of the Adam ratios, 3 cosines
+PRODIGY_D0 = 1e-6
+PRODIGY_BETAS = (0.9, 0.999)
 
 _COMMON_KEYS = {
     "hidden_sizes",
@@ -64,6 +75,7 @@ _COMMON_KEYS = {
     "magnitude_multiplier",
     "output_init_scale",  # only scales the initial output layer: no effect on the update
     "tensor_features",
+    "distance_feature",
 }
 CONFIG_KEYS = {
     "blackbox": _COMMON_KEYS,
@@ -150,7 +162,12 @@ class ReferenceOptimizer:
         return names
 
     def num_inputs(self) -> int:
-        return NUM_FEATURES + (NUM_TENSOR_INPUTS if self.c["tensor_features"] else 0)
+        return (NUM_FEATURES + int(self.c["distance_feature"])
+                + (NUM_TENSOR_INPUTS if self.c["tensor_features"] else 0))
+
+    def distance_unit(self) -> float:
+        alpha = self.c["alpha"] if self.kind == "star" else 0.0
+        return alpha if alpha > 0 else 1e-3
 
     # -- state --------------------------------------------------------------------------
     def init_state(self, params: list) -> dict:
@@ -167,7 +184,31 @@ class ReferenceOptimizer:
                     "col": np.zeros((3, *[1 if i == d0 else n for i, n in enumerate(shape)])),
                 }
             leaves.append({"m": np.zeros((3, *shape)), "v": np.zeros(shape), **fac})
-        return {"t": 0, "leaves": leaves}
+        state = {"t": 0, "leaves": leaves}
+        if self.c["distance_feature"]:
+            state["distance"] = {
+                "d": PRODIGY_D0, "num": 0.0,
+                "s": [np.zeros(np.shape(p)) for p in params], "x0": [_np(p) for p in params],
+            }
+        return state
+
+    @staticmethod
+    def distance_step(dist: dict, t: int, grads: list, params: list) -> dict:
+        """Prodigy's estimate after step ``t`` (1-based) with ``grads`` taken at ``params``."""
+        b1, b2 = PRODIGY_BETAS
+        b3 = np.sqrt(b2)
+        d = dist["d"]
+        lr = d * np.sqrt(1 - b2**t) / (1 - b1**t)
+        scale = d / PRODIGY_D0 * lr
+        gs = [_np(g) for g in grads]
+        moved = sum(
+            np.sum(g * (x0 - _np(p))) for g, x0, p in zip(gs, dist["x0"], params, strict=True)
+        )
+        num = b3 * dist["num"] + scale * moved
+        s = [b3 * s_i + scale * g for s_i, g in zip(dist["s"], gs, strict=True)]
+        den = sum(np.sum(np.abs(s_i)) for s_i in s)
+        d_new = max(d, num / den) if den > 0 else d
+        return {"d": d_new, "num": num, "s": s, "x0": dist["x0"]}
 
     def decays(self, theta) -> dict:
         off = theta["decays"]
@@ -178,8 +219,9 @@ class ReferenceOptimizer:
         """Returns ``(new_params, new_state, info)``; ``info[i]`` holds, for tensor ``i`` (as a
         shape-(1,) tensor if it is a scalar), the parameter ``p`` and gradient ``g`` of this step,
         the updated accumulators ``acc``, the raw ``[N, 28]`` feature matrix, the ``[N, 39]``
-        (``[N, 45]`` with ``tensor_features``) MLP inputs, the ``[N, outputs]`` MLP outputs, the
-        summands ``terms`` of the parameter change and the change ``delta`` itself."""
+        (one more column with ``distance_feature``, six with ``tensor_features``) MLP inputs,
+        the ``[N, outputs]`` MLP outputs, the summands ``terms`` of the parameter change and the
+        change ``delta`` itself."""
         b = self.decays(theta)
         time_feats = np.tanh(state["t"] / np.array(TIME_SCALES) - 1.0)
         new_params, new_leaves, info = [], [], []
@@ -191,8 +233,11 @@ class ReferenceOptimizer:
             raw = self.features(p, g, st)  # [N, 28]
             normalized = raw / np.sqrt(np.mean(raw**2, axis=0) + RMS_EPS)
             same_everywhere = time_feats
+            if self.c["distance_feature"]:
+                d_input = np.log(state["distance"]["d"] / self.distance_unit()) / 5.0
+                same_everywhere = np.concatenate([same_everywhere, [d_input]])
             if self.c["tensor_features"]:
-                same_everywhere = np.concatenate([time_feats, self.tensor_inputs(g, st)])
+                same_everywhere = np.concatenate([same_everywhere, self.tensor_inputs(g, st)])
             inputs = np.concatenate(
                 [normalized, np.tile(same_everywhere, (raw.shape[0], 1))], 1
             )
@@ -209,7 +254,12 @@ class ReferenceOptimizer:
                 {"p": p, "g": g, "acc": st, "features": raw, "inputs": inputs, "outputs": out,
                  "terms": terms, "delta": delta}
             )
-        return new_params, {"t": state["t"] + 1, "leaves": new_leaves}, info
+        new_state = {"t": state["t"] + 1, "leaves": new_leaves}
+        if self.c["distance_feature"]:
+            new_state["distance"] = self.distance_step(
+                state["distance"], state["t"] + 1, grads, params
+            )
+        return new_params, new_state, info
 
     def update_accumulators(self, st: dict, g: np.ndarray, b: dict) -> dict:
         bm = b["momentum"].reshape((3,) + (1,) * g.ndim)

@@ -235,13 +235,19 @@ def _train(opt, params, steps, start=0):
     return [p.detach().clone() for p in params]
 
 
-@pytest.mark.parametrize("cls", [lopt.torch.STAR, lopt.torch.Blackbox], ids=["star", "blackbox"])
-def test_state_dict_round_trip_continues_identically(cls):
+@pytest.mark.parametrize(
+    "cls,switches",
+    [(lopt.torch.STAR, {}), (lopt.torch.Blackbox, {}),
+     (lopt.torch.STAR, {"distance_feature": True})],
+    ids=["star", "blackbox", "star-distance"],
+)
+def test_state_dict_round_trip_continues_identically(cls, switches):
     shapes = [(), (5,), (6, 4), (3, 3, 2, 2)]
     kind = STAR if cls is lopt.torch.STAR else Blackbox
-    theta = random_theta(kind(), seed=7)  # not the meta-init that `fresh` below starts from
+    # not the meta-init that `fresh` below starts from
+    theta = random_theta(kind(**switches), seed=7)
     params = make_params(shapes, seed=4)
-    opt = cls(params, theta=theta, max_nonfinite_skips=3)
+    opt = cls(params, theta=theta, max_nonfinite_skips=3, **switches)
     run_steps(opt, params, 6)
     params[1].grad = torch.full((5,), float("nan"))  # a skipped step: the counter is state too
     for p in (params[0], params[2], params[3]):
@@ -260,6 +266,8 @@ def test_state_dict_round_trip_continues_identically(cls):
     fresh = cls(resumed_params)  # shipped/meta-init theta: the state dict brings the real one
     fresh.load_state_dict(saved["opt"])
     assert fresh.notfinite_count == 1 and fresh.total_notfinite == 1
+    if switches:  # the estimate moved, and comes back with its step count
+        assert opt.distance["d"] > 1e-6 and fresh.distance == saved["opt"]["lopt"]["distance"]
     resumed = _train(fresh, resumed_params, 6, start=6)
     for a, b in zip(uninterrupted, resumed, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -66,12 +66,18 @@ CASES = [
      dict(precondition_mode="ratio", step_size_controller=True, step_size_multiplier=10.0,
           tensor_features=True, step_multiplier=1e-3),
      ("random",)),
+    ("star-distance-feature", "star",
+     dict(precondition_mode="ratio", step_size_controller=True, step_size_multiplier=10.0,
+          distance_feature=True, tensor_features=True, step_multiplier=1e-3),
+     ("random",)),
     ("blackbox", "blackbox", {}, ("shipped", "random")),
     ("blackbox-tensor-features", "blackbox", dict(tensor_features=True), ("random",)),
+    ("blackbox-distance-feature", "blackbox", dict(distance_feature=True), ("random",)),
 ]
 # One case per code path runs in the default suite; CI also runs the rest (``-m slow``).
 FAST = {"star-default-random", "star-flipped-random", "star-ratio-random",
-        "star-controllers-random", "star-tensor-features-random", "blackbox-random"}
+        "star-controllers-random", "star-tensor-features-random", "blackbox-random",
+        "star-distance-feature-random"}
 PARAMS = [
     pytest.param(
         kind, switches, source, id=f"{name}-{source}",

@@ -15,6 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.optimizers.distance import (
+    DistanceState,
+    distance_feature,
+    init_distance,
+    update_distance,
+)
 from lopt.optimizers.features import (
     NUM_INPUTS,
     NUM_TENSOR_STATISTICS,
@@ -48,10 +54,12 @@ def nonfinite_skips(value) -> int | None:
 
 class LearnedOptState(NamedTuple):
     """``step``: inner step counter (int32, drives the time features); ``leaves``: one
-    :class:`~lopt.optimizers.features.LeafState` per parameter tensor, in the params' tree."""
+    :class:`~lopt.optimizers.features.LeafState` per parameter tensor, in the params' tree;
+    ``distance``: Prodigy's distance estimate with ``distance_feature`` on, else None."""
 
     step: jax.Array
     leaves: Any
+    distance: DistanceState | None = None
 
 
 def num_meta_params(theta) -> int:
@@ -73,6 +81,11 @@ class AdafactorMLPBase:
         tensor_features: add six tensor-level inputs (gradient consistency per momentum,
             :func:`~lopt.optimizers.features.tensor_statistics`) to the 39, like the time
             features the same for every coordinate of a tensor; off is the paper's recipe.
+        distance_feature: add one input, the same for every coordinate of every tensor:
+            Prodigy's estimate ``d`` of the distance to the solution, as ``log(d / unit) / 5``
+            with ``unit`` the nominal step (:mod:`lopt.optimizers.distance`). It comes after
+            the time features and before the tensor-level inputs. Horizon-free, loss-free;
+            costs two float32 copies of the parameters in the state.
     """
 
     name: ClassVar[str] = "adafactor_mlp"
@@ -83,6 +96,7 @@ class AdafactorMLPBase:
     magnitude_multiplier: float = 1e-3
     output_init_scale: float = 1.0
     tensor_features: bool = False
+    distance_feature: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
@@ -112,8 +126,16 @@ class AdafactorMLPBase:
 
     @property
     def num_inputs(self) -> int:
-        """39 (28 per-coordinate + 11 time features), plus 6 with ``tensor_features``."""
-        return NUM_INPUTS + (NUM_TENSOR_STATISTICS if self.tensor_features else 0)
+        """39 (28 per-coordinate + 11 time features), plus 1 with ``distance_feature`` and 6
+        with ``tensor_features``."""
+        return (NUM_INPUTS + int(self.distance_feature)
+                + (NUM_TENSOR_STATISTICS if self.tensor_features else 0))
+
+    @property
+    def distance_unit(self) -> float:
+        """What ``distance_feature`` measures Prodigy's estimate in: the nominal step size
+        (STAR's ``alpha``); the blackbox has none and uses 1e-3, STAR's default."""
+        return 1e-3
 
     def config(self) -> dict:
         """JSON-serializable architecture and switches (stored with saved meta-parameters)."""
@@ -134,13 +156,19 @@ class AdafactorMLPBase:
     def init_state(self, theta, params) -> LearnedOptState:
         del theta
         return LearnedOptState(
-            step=jnp.zeros((), jnp.int32), leaves=jax.tree.map(init_leaf_state, params)
+            step=jnp.zeros((), jnp.int32),
+            leaves=jax.tree.map(init_leaf_state, params),
+            distance=init_distance(params) if self.distance_feature else None,
         )
 
     def deltas(self, theta, state: LearnedOptState, grads, params):
         """Parameter changes ``new_params - params`` and the new state (the pure core)."""
         decays = self.accumulators.decays(theta["decays"])
         tfeat = time_features(state.step)
+        if self.distance_feature:
+            tfeat = jnp.concatenate(
+                [tfeat, distance_feature(state.distance.d, self.distance_unit)]
+            )
         treedef = jax.tree.structure(params)
         p_leaves = treedef.flatten_up_to(params)
         g_leaves = treedef.flatten_up_to(grads)
@@ -165,8 +193,11 @@ class AdafactorMLPBase:
                 st = state_to_layout(st, shape, back=True)
             deltas.append(delta.reshape(jnp.shape(p)).astype(jnp.asarray(p).dtype))
             new_leaves.append(st)
+        distance = state.distance
+        if self.distance_feature:
+            distance = update_distance(distance, state.step, grads, params)
         new_state = LearnedOptState(
-            step=state.step + 1, leaves=jax.tree.unflatten(treedef, new_leaves)
+            step=state.step + 1, leaves=jax.tree.unflatten(treedef, new_leaves), distance=distance
         )
         return jax.tree.unflatten(treedef, deltas), new_state
 

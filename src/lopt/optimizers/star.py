@@ -180,6 +180,11 @@ class STAR(AdafactorMLPBase):
             )
 
     @property
+    def distance_unit(self) -> float:
+        """``alpha`` (1e-3 when the nominal term is off at ``alpha = 0``)."""
+        return self.alpha if self.alpha > 0 else 1e-3
+
+    @property
     def effective_weight_decay(self) -> float:
         """``w_eff`` before the regularization controller."""
         return self.alpha * self.weight_decay if self.decay_mode == "scaled" else self.weight_decay

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from lopt.optimizers.learned import DEFAULT_MAX_NONFINITE_SKIPS, nonfinite_skips
+from lopt.torch import distance
 from lopt.torch.features import (
     as_tensor_shape,
     init_leaf_state,
@@ -74,6 +75,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._device_meta: dict = {}
         self._group_configs: dict = {}
         self._workspace = Workspace()
+        # Prodigy's global distance estimate (``distance_feature``), None when the switch is off
+        self.distance = distance.init_global() if opt.distance_feature else None
 
     @property
     def theta(self) -> dict[str, torch.Tensor]:
@@ -129,9 +132,28 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     )
                 work.append((p, cfg))
         if work and self._admit([p.grad for p, _ in work]):
-            for p, cfg in work:
-                self._update_param(p, cfg)
+            if self.distance is None:
+                for p, cfg in work:
+                    self._update_param(p, cfg)
+            else:
+                self._distance_step(work)
         return loss
+
+    def _distance_step(self, work) -> None:
+        """Every parameter updated with the estimate of the steps before as the MLP input; the
+        estimate takes this step's gradients at the parameters they were taken at (so first)."""
+        before = self.distance["d"]
+        items = []
+        for p, _ in work:
+            shape = as_tensor_shape(p.shape)
+            p32 = p.detach().to(torch.float32).reshape(shape)
+            st = self.state[p]
+            if "params0" not in st:
+                st.update(distance.init_param_state(p32))
+            items.append((p32, p.grad.detach().to(torch.float32).reshape(shape), st))
+        self.distance = distance.update(self.distance, items)
+        for p, cfg in work:
+            self._update_param(p, cfg, distance.feature(before, cfg.distance_unit, p.device))
 
     def _admit(self, grads) -> bool:
         """optax.apply_if_finite's rule: count non-finite steps, apply if finite or past the
@@ -151,10 +173,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self.total_notfinite += 1
         return finite or self.notfinite_count > self.max_nonfinite_skips
 
-    def _update_param(self, p: torch.Tensor, cfg) -> None:
+    def _update_param(self, p: torch.Tensor, cfg, distance_input=None) -> None:
         shape = as_tensor_shape(p.shape)
         st = self.state[p]
-        if not st:
+        if "step" not in st:
             st.update(init_leaf_state(shape, p.device))
         meta = self._meta_on(p.device)
         ws = self._workspace
@@ -164,6 +186,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         update_accumulators(st, g32, meta.decays, ws)
         feats = leaf_features(p32, g32, st, ws)
         tfeat = time_features(st["step"], meta.scales)
+        if distance_input is not None:
+            tfeat = torch.cat([tfeat, distance_input])
         if self.optimizer_config.tensor_features:
             tfeat = torch.cat([tfeat, tensor_statistics(g32, st, feats.rms)])
         outs = mlp_outputs(meta.layers, feats, tfeat, shape, ws)
@@ -184,6 +208,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             "notfinite_count": self.notfinite_count,
             "total_notfinite": self.total_notfinite,
             "last_finite": self.last_finite,
+            "distance": None if self.distance is None else dict(self.distance),
         }
         return sd
 
@@ -203,15 +228,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._set_meta(theta_j, opt)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
+        keys = STATE_KEYS + (distance.STATE_KEYS if opt.distance_feature else ())
         for i, p in zip(saved_ids, params, strict=True):
             if i not in saved_state:
                 continue
             st = saved_state[i]
-            missing = [k for k in STATE_KEYS if k not in st]
+            missing = [k for k in keys if k not in st]
             if missing:
                 raise ValueError(f"state of parameter {i} lacks {missing}")
             expected = init_leaf_state(as_tensor_shape(p.shape), "cpu")
-            for k in STATE_KEYS:
+            if opt.distance_feature:
+                expected.update(distance.init_param_state(expected["v"]))
+            for k in keys:
                 if tuple(st[k].shape) != tuple(expected[k].shape):
                     raise ValueError(
                         f"state {k!r} of parameter {i} has shape {tuple(st[k].shape)}, the "
@@ -219,8 +247,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     )
             self.state[p] = {
                 k: st[k].detach().to(device=p.device, dtype=expected[k].dtype, copy=True)
-                for k in STATE_KEYS
+                for k in keys
             }
+        if opt.distance_feature:
+            saved = extra.get("distance")
+            if saved is None:
+                raise ValueError("state dict of a distance_feature optimizer lacks 'distance'")
+            self.distance = {"d": float(saved["d"]), "numerator": float(saved["numerator"]),
+                             "step": int(saved["step"])}
         self.max_nonfinite_skips = nonfinite_skips(extra["max_nonfinite_skips"])
         self.notfinite_count = int(extra["notfinite_count"])
         self.total_notfinite = int(extra["total_notfinite"])
@@ -230,7 +264,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """pickle / ``copy.deepcopy`` keep the meta-parameters and the counters (torch's own
         ``__getstate__`` keeps only defaults, state and param_groups)."""
         own = ("optimizer_config", "_theta_jax", "max_nonfinite_skips", "notfinite_count",
-               "total_notfinite", "last_finite")
+               "total_notfinite", "last_finite", "distance")
         return {**super().__getstate__(), **{k: self.__dict__[k] for k in own}}
 
     def __setstate__(self, state):

@@ -28,10 +28,12 @@ ARCHITECTURE = {
             "regularization_controller",
             "step_size_controller",
             "tensor_features",
+            "distance_feature",
         }
     ),
     "blackbox": frozenset(
-        {"hidden_sizes", "accumulators", "output_init_scale", "tensor_features"}
+        {"hidden_sizes", "accumulators", "output_init_scale", "tensor_features",
+         "distance_feature"}
     ),
 }
 
