@@ -3,7 +3,8 @@
 Configuration (the reference implementation's): the default MLP family (digits 64-32-10 MLP,
 batch 128, ``digits_mlp_family``), antithetic PES, 8 slots, truncation 50, horizons 200-2000.
 The same jitted estimator step (scan over inner steps, vmap over slots and the antithetic pair)
-is timed for STAR, the blackbox LO and plain Adam (``OptaxOptimizer(optax.adam)`` with
+is timed for STAR, STAR with the shipped weights' switches (``star_shipped``: the learned step
+size and ``distance_feature``), the blackbox LO and plain Adam (``OptaxOptimizer(optax.adam)`` with
 theta = {}, i.e. the same layout with an empty perturbation), in one process.
 
 Inner steps are counted as slots x truncation x 2 (both members of each antithetic pair are an
@@ -120,7 +121,7 @@ def main(argv=None) -> None:
     import optax
 
     from lopt import tasks
-    from lopt.optimizers import STAR, Blackbox, OptaxOptimizer
+    from lopt.optimizers import STAR, Blackbox, OptaxOptimizer, pretrained
 
     task = tasks.get(args.tasks)
     if args.activation:
@@ -130,6 +131,7 @@ def main(argv=None) -> None:
     optimizers = {
         "star": STAR(),
         "star_step_size": STAR(step_size_controller=True),
+        "star_shipped": pretrained.resolve("star")[1],
         "blackbox": Blackbox(),
         "adam": OptaxOptimizer(optax.adam(1e-3)),
     }
@@ -138,6 +140,10 @@ def main(argv=None) -> None:
         "star_inner_steps_per_s": round(results["star"]["inner_steps_per_s"], 1),
         "star_step_size_inner_steps_per_s": round(
             results["star_step_size"]["inner_steps_per_s"], 1
+        ),
+        "star_shipped_inner_steps_per_s": round(results["star_shipped"]["inner_steps_per_s"], 1),
+        "star_shipped_to_adam": round(
+            results["star_shipped"]["inner_steps_per_s"] / results["adam"]["inner_steps_per_s"], 3
         ),
         "blackbox_inner_steps_per_s": round(results["blackbox"]["inner_steps_per_s"], 1),
         "adam_inner_steps_per_s": round(results["adam"]["inner_steps_per_s"], 1),

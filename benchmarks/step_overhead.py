@@ -9,7 +9,9 @@ torch is not installed.
 
 Also reported: ``*_cpu_ms`` (process CPU seconds per update over a window of updates: on a
 shared machine the steadier number, since time slices lost to other processes do not count),
-``star_step_size`` (STAR with the learned step size of the shipped recipe), ``star_guarded``
+``star_step_size`` (STAR with the learned step size of the shipped recipe), ``star_shipped``
+(``lopt.star()``'s optimizer without the guard: the shipped weights and switches, including
+``distance_feature``'s extra pass and state), ``star_guarded``
 (STAR inside the non-finite guard that ``as_optax`` adds by default; the other learned
 optimizers are timed without it, as ``optax.adam`` has none), ``star_step_size_lopt_options``
 (the learned step size jitted with ``lopt.utils.compile.optimizer_options``, as lopt's own
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.optimizers import STAR, Blackbox
+from lopt.optimizers import STAR, Blackbox, pretrained
 from lopt.utils.compile import optimizer_options
 
 
@@ -164,10 +166,12 @@ def main() -> None:
         "star": STAR(),
         "star_step_size": STAR(step_size_controller=True),
     }
+    shipped_theta, learned["star_shipped"] = pretrained.resolve("star")
     txs = {"adam": optax.adam(1e-3)}
     # like optax.adam, without a non-finite guard; "star_guarded" is lopt.star()'s default
     txs.update({name: opt.as_optax(opt.init(key), max_nonfinite_skips=None)
-                for name, opt in learned.items()})
+                for name, opt in learned.items() if name != "star_shipped"})
+    txs["star_shipped"] = learned["star_shipped"].as_optax(shipped_theta, max_nonfinite_skips=None)
     txs["star_guarded"] = learned["star"].as_optax(learned["star"].init(key))
     learned["star_guarded"] = learned["star"]
     # the learned step size jitted with the options lopt's own loops use for it

@@ -166,17 +166,17 @@ def reference_losses(task_name: str, seed: int, steps: int, kind: str, config: d
     return np.array(losses)
 
 
-def assert_records_match(out, losses, log_every):
+def assert_records_match(out, losses, log_every, rel=1e-5):
     recs = read_metrics(out)
     assert [r["step"] for r in recs] == list(range(0, len(losses) + 1, log_every))
-    assert recs[0]["loss"] == pytest.approx(losses[0], rel=1e-5)
+    assert recs[0]["loss"] == pytest.approx(losses[0], rel=rel)
     for r in recs[1:]:
         s = r["step"]
-        assert r["last_loss"] == pytest.approx(losses[s - 1], rel=1e-5), s
-        assert r["loss"] == pytest.approx(losses[s - log_every : s].mean(), rel=1e-5), s
+        assert r["last_loss"] == pytest.approx(losses[s - 1], rel=rel), s
+        assert r["loss"] == pytest.approx(losses[s - log_every : s].mean(), rel=rel), s
     # the loss moved 10x beyond the tolerance (the blackbox at meta-init moves it least, by
     # ~1.6e-4): a run that did not apply the optimizer's steps would not match
-    assert abs(losses[-1] - losses[0]) > 1e-4 * abs(losses[0])
+    assert abs(losses[-1] - losses[0]) > 10 * rel * abs(losses[0])
 
 
 def random_theta(opt, seed):
@@ -227,7 +227,13 @@ def test_learned_optimizers_by_name(tmp_path, name):
     assert train(out, "--task", "quadratic", "--optimizer", name, "--steps", "20",
                  "--log-every", "5") == 0
     theta, opt = resolve(name)
-    assert_records_match(out, reference_losses("quadratic", 0, 20, name, opt.config(), theta), 5)
+    # The reference rounds each decay of the float64 formula to float32; the product computes
+    # it in float32 and can land one float32 step away: 1 - beta ~ 4e-4 is then 1.4e-4 off
+    # (the shipped STAR's rms decay; see RTOL in tests/optimizers/test_update_vs_reference.py),
+    # which the shipped STAR's learned step size carries into the loss at ~1e-4.
+    rel = 1e-3 if name == "star" else 1e-5
+    expected = reference_losses("quadratic", 0, 20, name, opt.config(), theta)
+    assert_records_match(out, expected, 5, rel=rel)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["optimizer_kind"] == "learned" and cfg["lr"] is None
 

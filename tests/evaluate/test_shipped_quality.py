@@ -3,9 +3,10 @@ lower than its own meta-initialization and than Adam-AggMo at its best single fi
 
 The horizon is the in-distribution suite's (1000 steps, see :mod:`lopt.evaluate.suites`).
 Known gap, measured and recorded in the model card (``src/lopt/weights/star.md``): on
-``mnist1d_mlp_family@1`` the shipped STAR ends at 0.663 against Adam-AggMo's 0.631 at its best
-fixed step (3e-2), so that case is a strict xfail -- it turns red the day a better STAR ships,
-and the marker must then go.
+``mnist1d_mlp_family@1`` the shipped STAR ends at 0.6310 against Adam-AggMo's 0.6305 at its best
+fixed step (3e-2) -- a near tie (the first shipped weights: 0.663) that is still a loss -- so that
+case is an xfail. Not strict: a 0.08% margin is within what float rounding on another CPU can
+flip, and a strict marker would then fail CI for a pass.
 """
 
 import jax
@@ -26,8 +27,8 @@ TASKS = (
     pytest.param(
         "mnist1d_mlp_family@1",
         marks=pytest.mark.xfail(
-            strict=True,
-            reason="shipped STAR 0.663 vs best fixed-step Adam-AggMo 0.631 (measured; model card)",
+            strict=False,
+            reason="shipped STAR 0.6310 vs best fixed-step Adam-AggMo 0.6305 (see model card)",
         ),
     ),
 )

@@ -68,7 +68,11 @@ def test_ordinary_optax_loop_any_pytree_under_jit(make):
     expected = reference_loop(make.__name__, 30)
     moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(), expected, odd_params())
     assert min(jax.tree.leaves(moved)) > 1e-3  # every tensor moved far beyond the tolerance
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    # the shipped STAR: one of its decays is computed one float32 step away from the
+    # reference's rounding (1 - beta 1.4e-4 off; RTOL in test_update_vs_reference.py), ~1e-4
+    # of drift after 30 steps on parameters of order 1 (each tensor moves > 5x that)
+    rtol, atol = (1e-3, 2e-4) if make is lopt.star else (1e-4, 1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol),
                  params, expected)
     if make is lopt.star:  # STAR at meta-init is a sound optimizer: it makes progress
         assert float(loss_fn(params)) < first

@@ -43,8 +43,9 @@ class EstimatorConfig:
             (its logarithm: relative progress counts, so tasks with small losses are not
             drowned out by tasks with large ones), floored at ``meta_loss_floor``. With 1e-4,
             meta-training ignores progress below a training loss of 1e-4; the shipped STAR
-            used 1e-4 (a run with 1e-8, and a smaller preconditioning epsilon, ended with a
-            median speedup of 1.53 instead of 1.81 on the in-distribution suite).
+            used 1e-4 (in the first shipped recipe, ``configs/star_v1.toml``, a run with 1e-8
+            and a smaller preconditioning epsilon ended with a median speedup of 1.53 instead
+            of 1.81 on the in-distribution suite).
     """
 
     estimator: str = "pes"
