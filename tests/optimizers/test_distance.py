@@ -5,6 +5,8 @@ The end-to-end comparison with the NumPy reference (every switch pairing) lives 
 ``estim_lr`` over a run where it grows by orders of magnitude, and the switch's plumbing.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,3 +98,22 @@ def test_the_input_changes_the_update():
     near, _ = opt.deltas(theta, state, grads, params)
     moved, _ = opt.deltas(theta, far, grads, params)
     assert not np.allclose(near["w"], moved["w"])
+
+
+def test_a_step_that_donates_params_and_state_runs():
+    """The state holds a copy of the initial parameters, not the caller's buffer: donating
+    both (the usual fast training step) must not hand XLA one buffer twice."""
+    tx = STAR(distance_feature=True).as_optax(STAR(distance_feature=True).init(
+        jax.random.PRNGKey(0)))
+    params = {"w": jnp.ones((4, 3)), "b": jnp.zeros((3,))}
+    state = tx.init(params)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, state):
+        grads = jax.tree.map(lambda p: p - 0.5, params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(3):
+        params, state = step(params, state)
+    assert np.all(np.isfinite(params["w"])) and float(state.inner_state.distance.d) > D0

@@ -50,11 +50,14 @@ class DistanceState(NamedTuple):
 
 
 def init_distance(params) -> DistanceState:
+    """``params0`` is a copy, never the caller's own buffer: a training step that donates both
+    the parameters and the optimizer state (``donate_argnums``) would otherwise hand XLA the
+    same buffer twice."""
     return DistanceState(
         d=jnp.asarray(D0, jnp.float32),
         numerator=jnp.zeros((), jnp.float32),
         grad_sum=jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params),
-        params0=jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params),
+        params0=jax.tree.map(lambda p: jnp.array(p, jnp.float32, copy=True), params),
     )
 
 
