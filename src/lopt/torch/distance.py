@@ -36,17 +36,21 @@ def feature(d: float, unit: float, device) -> torch.Tensor:
 
 def update(glob: dict, items) -> dict:
     """The estimate after one step; ``items``: ``(p32, g32, state)`` of every parameter updated,
-    ``p32`` the parameters the gradient was taken at. Updates each ``state["grad_sum"]``."""
+    ``p32`` the parameters the gradient was taken at. Updates each ``state["grad_sum"]``.
+
+    The two sums are accumulated on each parameter's device and brought to the host once per
+    device (the ``max`` with the running estimate needs the value on the host)."""
     t = glob["step"] + 1
     d = torch.tensor(glob["d"], dtype=torch.float32)
     weight = d * d * torch.tensor(math.sqrt(1 - BETA2**t) / (1 - BETA1**t), dtype=torch.float32)
-    moved = torch.zeros((), dtype=torch.float32)
-    total = torch.zeros((), dtype=torch.float32)
+    parts: dict = {}  # device -> ([<g, x0 - x>], [sum |s|])
     for p32, g32, st in items:
-        w = weight.to(g32.device)
-        moved += torch.sum(g32 * (st["params0"] - p32)).cpu()
-        st["grad_sum"].mul_(BETA3).add_(w * g32)
-        total += st["grad_sum"].abs().sum().cpu()
+        moved, total = parts.setdefault(g32.device, ([], []))
+        moved.append(torch.sum(g32 * (st["params0"] - p32)))
+        st["grad_sum"].mul_(BETA3).add_(weight.to(g32.device) * g32)
+        total.append(st["grad_sum"].abs().sum())
+    moved = sum(torch.stack(m).sum().cpu() for m, _ in parts.values())
+    total = sum(torch.stack(s).sum().cpu() for _, s in parts.values())
     numerator = BETA3 * torch.tensor(glob["numerator"], dtype=torch.float32) + weight * moved
     ratio = float(numerator / total) if float(total) > 0 else 0.0
     return {"d": max(glob["d"], ratio), "numerator": float(numerator), "step": t}
