@@ -61,3 +61,21 @@ def test_meta_train_usage_errors(tmp_path, capsys, argv, message):
     import re
 
     assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_distance_feature_meta_training_resumes_exactly(tmp_path, capsys):
+    """The distance estimate's state (d, sums, the initial parameters) lives in the PES
+    checkpoint: 2 steps + resume to 4 equal 4 steps in one go."""
+    import jax
+    import numpy as np
+
+    args = ["meta-train", "--optimizer", "star", "--opt", "distance_feature=true", *SMALL]
+    assert main([*args, "--outer-steps", "4", "--out", str(tmp_path / "full")]) == 0
+    assert main([*args, "--outer-steps", "2", "--out", str(tmp_path / "cut")]) == 0
+    assert main([*args, "--outer-steps", "4", "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    full, opt = lopt.load_meta_params(tmp_path / "full" / "theta.safetensors")
+    cut, _ = lopt.load_meta_params(tmp_path / "cut" / "theta.safetensors")
+    assert opt.distance_feature
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(cut), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
