@@ -5,7 +5,9 @@ global estimate ``d`` over every parameter updated in a step, the MLP reading
 ``log(d / unit) / 5``. The estimate and its step counter live in the optimizer (not per
 parameter); each parameter keeps ``grad_sum`` and ``params0`` in its state. A parameter without a
 gradient in a step adds nothing to that step's sums and its ``grad_sum`` is not decayed; when
-every parameter has a gradient at every step this is the JAX optimizer exactly.
+every parameter has a gradient at every step this is the JAX optimizer exactly. The input is
+measured in each parameter group's ``alpha`` (a group that overrides ``alpha`` reads the same
+estimate in its own unit, as a separate JAX optimizer with that ``alpha`` would).
 """
 
 from __future__ import annotations
