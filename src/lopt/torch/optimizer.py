@@ -145,15 +145,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
         before = self.distance["d"]
         items = []
         for p, _ in work:
-            shape = as_tensor_shape(p.shape)
-            p32 = p.detach().to(torch.float32).reshape(shape)
+            p32, g32 = _float32_views(p)
             st = self.state[p]
             if "params0" not in st:
                 st.update(distance.init_param_state(p32))
-            items.append((p32, p.grad.detach().to(torch.float32).reshape(shape), st))
+            items.append((p32, g32, st))
         self.distance = distance.update(self.distance, items)
-        for p, cfg in work:
-            self._update_param(p, cfg, distance.feature(before, cfg.distance_unit, p.device))
+        # the float32 copies made above are the update's inputs too (one conversion per step
+        # for bf16/fp16 parameters, not two)
+        for (p, cfg), (p32, g32, _) in zip(work, items, strict=True):
+            feature = distance.feature(before, cfg.distance_unit, p.device)
+            self._update_param(p, cfg, feature, (p32, g32))
 
     def _admit(self, grads) -> bool:
         """optax.apply_if_finite's rule: count non-finite steps, apply if finite or past the
@@ -173,7 +175,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self.total_notfinite += 1
         return finite or self.notfinite_count > self.max_nonfinite_skips
 
-    def _update_param(self, p: torch.Tensor, cfg, distance_input=None) -> None:
+    def _update_param(self, p: torch.Tensor, cfg, distance_input=None, inputs=None) -> None:
+        """One parameter's update; ``inputs``: its :func:`_float32_views` when already made."""
         shape = as_tensor_shape(p.shape)
         st = self.state[p]
         if "step" not in st:
@@ -181,8 +184,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         meta = self._meta_on(p.device)
         ws = self._workspace
         ws.reset(p.device)
-        p32 = p.detach().to(torch.float32).reshape(shape)
-        g32 = p.grad.detach().to(torch.float32).reshape(shape)
+        p32, g32 = inputs if inputs is not None else _float32_views(p)
         update_accumulators(st, g32, meta.decays, ws)
         feats = leaf_features(p32, g32, st, ws)
         tfeat = time_features(st["step"], meta.scales)
@@ -293,3 +295,11 @@ class Blackbox(LearnedOptimizer):
     """The blackbox Adafactor-MLP learned optimizer for torch (see :class:`STAR`)."""
 
     kind = "blackbox"
+
+
+def _float32_views(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parameter and its gradient as float32 in the computed shape (views for float32
+    parameters, copies otherwise)."""
+    shape = as_tensor_shape(p.shape)
+    return (p.detach().to(torch.float32).reshape(shape),
+            p.grad.detach().to(torch.float32).reshape(shape))
