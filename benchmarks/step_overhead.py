@@ -161,30 +161,31 @@ def main() -> None:
     params = mlp_params(key)
     grads = jax.tree.map(lambda p: 1e-2 * jax.random.normal(key, p.shape), params)
     n = sum(p.size for p in jax.tree.leaves(params))
-    learned = {
-        "blackbox": Blackbox(),
-        "star": STAR(),
-        "star_step_size": STAR(step_size_controller=True),
+    shipped_theta, shipped = pretrained.resolve("star")
+    star, step_size = STAR(), STAR(step_size_controller=True)
+    # name: (optimizer, theta (None: its meta-initialization), non-finite guard, compile
+    # options). No guard, like optax.adam, except "star_guarded" (lopt.star()'s default);
+    # "star_step_size_lopt_options" is jitted with the options lopt's own loops use for it.
+    rows = {
+        "blackbox": (Blackbox(), None, False, None),
+        "star": (star, None, False, None),
+        "star_step_size": (step_size, None, False, None),
+        "star_shipped": (shipped, shipped_theta, False, None),
+        "star_guarded": (star, None, True, None),
+        "star_step_size_lopt_options": (step_size, None, False, optimizer_options(step_size)),
     }
-    shipped_theta, learned["star_shipped"] = pretrained.resolve("star")
     txs = {"adam": optax.adam(1e-3)}
-    # like optax.adam, without a non-finite guard; "star_guarded" is lopt.star()'s default
-    txs.update({name: opt.as_optax(opt.init(key), max_nonfinite_skips=None)
-                for name, opt in learned.items() if name != "star_shipped"})
-    txs["star_shipped"] = learned["star_shipped"].as_optax(shipped_theta, max_nonfinite_skips=None)
-    txs["star_guarded"] = learned["star"].as_optax(learned["star"].init(key))
-    learned["star_guarded"] = learned["star"]
-    # the learned step size jitted with the options lopt's own loops use for it
-    step_size = learned["star_step_size"]
-    txs["star_step_size_lopt_options"] = txs["star_step_size"]
-    learned["star_step_size_lopt_options"] = step_size
-    options = {"star_step_size_lopt_options": optimizer_options(step_size) or None}
+    for name, (opt, theta, guarded, _) in rows.items():
+        theta = opt.init(key) if theta is None else theta
+        txs[name] = (opt.as_optax(theta) if guarded
+                     else opt.as_optax(theta, max_nonfinite_skips=None))
+    options = {name: row[3] for name, row in rows.items() if row[3]}
     times = time_updates(txs, params, grads, args.repeats, options=options)
     res = {"num_params": int(n)}
     for name, t in times.items():
         res[f"{name}_ms"] = t["ms"]
         res[f"{name}_cpu_ms"] = t["cpu_ms"]
-    for name in learned:
+    for name in rows:
         res[f"{name}_to_adam"] = times[name]["ms"] / times["adam"]["ms"]
         res[f"{name}_to_adam_best"] = times[name]["best_ms"] / times["adam"]["best_ms"]
         res[f"{name}_to_adam_cpu"] = times[name]["cpu_ms"] / times["adam"]["cpu_ms"]
