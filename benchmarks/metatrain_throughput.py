@@ -1,4 +1,4 @@
-"""Meta-training throughput: inner optimizee steps per second under PES.
+"""Meta-training throughput: inner optimizee steps per second under PES (or ``--estimator``).
 
 Configuration (the reference implementation's): the default MLP family (digits 64-32-10 MLP,
 batch 128, ``digits_mlp_family``), antithetic PES, 8 slots, truncation 50, horizons 200-2000.
@@ -14,6 +14,10 @@ optimizee step) per outer step. The step is compiled as ``lopt meta-train`` comp
 process's peak resident memory. Prints one JSON object.
 
     python benchmarks/metatrain_throughput.py [--steps 40] [--slots 8] [--truncation 50]
+        [--estimator pes|es|tbptt]
+
+Under ``tbptt`` an outer step is one forward and one backward pass through the unroll (no
+antithetic pair: slots x truncation inner steps).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def build(optimizer, task, args):
     from lopt.utils.compile import optimizer_jit
 
     cfg = EstimatorConfig(
-        estimator="pes",
+        estimator=args.estimator,
         sigma=0.01,
         truncation=args.truncation,
         horizon_min=200,
@@ -101,6 +105,7 @@ def main(argv=None) -> None:
     parser.add_argument("--truncation", type=int, default=50)
     parser.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
     parser.add_argument("--tasks", default="digits_mlp_family")
+    parser.add_argument("--estimator", default="pes", choices=("pes", "es", "tbptt"))
     parser.add_argument(
         "--activation",
         help="fix the family's activation (e.g. relu); default: the registered family, whose "
@@ -165,13 +170,14 @@ def main(argv=None) -> None:
             / results["adam"]["inner_steps_per_cpu_s"], 3
         ),
         "compile_s": {k: round(v["compile_s"], 2) for k, v in results.items()},
-        "counting": "inner steps = slots x truncation x 2 (antithetic pair) per PES step",
+        "counting": "inner steps = slots x truncation x particles (2 for the antithetic "
+        "pair of PES/ES, 1 for TBPTT) per outer step",
         "config": {
             "tasks": args.tasks,
             "activation": args.activation or "per-task (relu, tanh, gelu, silu)",
             "slots": args.slots,
             "truncation": args.truncation,
-            "estimator": "pes",
+            "estimator": args.estimator,
             "scan_unroll": args.unroll,
             "timed_outer_steps": args.steps,
         },

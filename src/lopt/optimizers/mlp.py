@@ -65,8 +65,14 @@ def fused_mlp(
     return hidden
 
 
+@jax.custom_jvp
 def _weighted_sums(w: jax.Array, b: jax.Array, inputs: Sequence[jax.Array]) -> list[jax.Array]:
     """``[b[j] + sum_k w[k, j] * inputs[k] for j]``, summed in that order.
+
+    Its derivative (:func:`_weighted_sums_jvp`) is written with tensor products: JAX's own
+    derivative of the scalar-times-array form has one reduction over the tensor per weight
+    (``dL/dw[k, j] = sum(inputs[k] * dL/dout[j])``), which XLA compiles very slowly: the
+    meta-gradient of two STAR updates of a 5x3 tensor took 81 s to compile, 3 s with products.
 
     The scalars come out of ``w`` and ``b`` with one ``unstack`` per column instead of one
     indexing operation each (a slice and a squeeze per weight): the same program for XLA, but
@@ -81,3 +87,25 @@ def _weighted_sums(w: jax.Array, b: jax.Array, inputs: Sequence[jax.Array]) -> l
             acc = acc + w_kj * x
         sums.append(acc)
     return sums
+
+
+@_weighted_sums.defjvp
+def _weighted_sums_jvp(primals, tangents):
+    """The same sums in the primal (bit for bit); the tangent as two tensor products over the
+    inputs stacked to one array, whose transposes (reverse mode, for TBPTT and exact
+    meta-gradients) are products too. ``jax.jacfwd`` (the stability analysis) uses it as is."""
+    w, b, inputs = primals
+    dw, db, dinputs = tangents
+    out = _weighted_sums(w, b, inputs)
+    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in inputs))
+
+    def stacked(arrays):
+        return jnp.stack([jnp.broadcast_to(x, shape) for x in arrays])
+
+    highest = jax.lax.Precision.HIGHEST  # full float32 products on every backend
+    dout = (
+        jnp.tensordot(dw, stacked(inputs), axes=(0, 0), precision=highest)
+        + jnp.tensordot(w, stacked(dinputs), axes=(0, 0), precision=highest)
+        + db.reshape(db.shape + (1,) * len(shape))
+    )
+    return out, list(jnp.unstack(dout))
