@@ -23,7 +23,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from lopt.optimizers.features import adam_scale
+from lopt.optimizers.features import adam_scale, unstack_leading
 from lopt.optimizers.learned import AdafactorMLPBase
 
 NOMINALS = ("sgd", "sgdm", "aggmo", "adam", "adam_aggmo", "none")
@@ -44,7 +44,8 @@ def nominal_direction(kind: str, g, m, v):
         return m[-1]
     # Explicit sums over the 3 stacked momenta: a reduce over the leading axis breaks XLA's
     # loop fusion on the CPU (measured ~5x slower update).
-    mean_m = (m[0] + m[1] + m[2]) / 3.0
+    m0, m1, m2 = unstack_leading(m)
+    mean_m = (m0 + m1 + m2) / 3.0
     if kind == "aggmo":
         return mean_m
     rsqrt_v = adam_scale(v)
