@@ -53,7 +53,8 @@ def build(optimizer, task, args):
     if state_sharding is not None:  # several devices: split the slot axis over them
         box["state"] = jax.device_put(box["state"], state_sharding)
         theta = jax.device_put(theta, replicated)
-    step = optimizer_jit(optimizer)(est.step, donate_argnums=(1,))
+    jit = optimizer_jit(optimizer, differentiated=cfg.differentiates_optimizer)
+    step = jit(est.step, donate_argnums=(1,))
     t0 = time.perf_counter()
     grad, box["state"], _ = step(theta, box["state"], jax.random.PRNGKey(2))
     jax.block_until_ready((grad, box["state"]))

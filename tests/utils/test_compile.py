@@ -114,6 +114,28 @@ def test_optimizer_options_only_for_updates_that_average_over_a_tensor():
     assert optimizer_options(object()) == {}  # anything else, e.g. an optax optimizer
 
 
+def test_programs_that_backpropagate_through_the_update_compile_without_library_fusions(
+    tmp_path,
+):
+    """TBPTT differentiates the update: its reductions, handed to the library, were ~40% of a
+    step. The trainer (and so the distributed worker, by the same config property) asks for
+    the option for TBPTT only."""
+    from lopt.metatrain.config import MetaTrainConfig
+    from lopt.metatrain.trainer import MetaTrainer
+    from lopt.optimizers import STAR, Blackbox
+    from lopt.utils.compile import LIBRARY_FUSION_OPTION, optimizer_options
+
+    off = {LIBRARY_FUSION_OPTION: ""}
+    assert optimizer_options(STAR(), differentiated=True) == off
+    assert optimizer_options(Blackbox(), differentiated=True) == off
+    for estimator, expected in (("tbptt", off), ("pes", {}), ("es", {})):
+        config = MetaTrainConfig(optimizer="star", tasks="digits_mlp", estimator=estimator,
+                                 outer_steps=1, num_slots=1, truncation=2, eval_every=0)
+        assert config.differentiates_optimizer == (estimator == "tbptt")
+        trainer = MetaTrainer(config, tmp_path / estimator)
+        assert trainer._jit.keywords["extra_options"] == expected
+
+
 def test_shipped_star_spec_carries_the_options_and_they_remove_library_reductions():
     """The shipped STAR (learned step size per tensor) resolves with the option; compiled with
     it, its update has no library reduction left, where XLA's defaults make one (the mean that

@@ -175,7 +175,9 @@ class EstimatorWorker:
         # lopt's jit (the local engine's and the optimizer's compile options, the persistent
         # cache); the slots' initialization in one compiled program, as the single-process
         # trainer does it
-        jit = optimizer_jit(spec.optimizer)
+        jit = optimizer_jit(
+            spec.optimizer, differentiated=spec.estimator.differentiates_optimizer
+        )
         state = jit(self.estimator.init)(theta, jax.numpy.asarray(spec.init_key))
         est_sh, rep = slot_sharding(state)
         if est_sh is None:

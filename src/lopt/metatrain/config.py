@@ -95,6 +95,13 @@ class EstimatorConfig:
         """Inner runs per slot: 2 for an antithetic ES/PES pair, else 1."""
         return 2 if (self.antithetic and self.estimator != "tbptt") else 1
 
+    @property
+    def differentiates_optimizer(self) -> bool:
+        """Whether the estimator backpropagates through the inner optimizer's update (TBPTT;
+        ES and PES only run it forward). Chooses compile options
+        (:func:`lopt.utils.compile.optimizer_options`)."""
+        return self.estimator == "tbptt"
+
 
 @dataclasses.dataclass(frozen=True)
 class MetaTrainConfig(EstimatorConfig):

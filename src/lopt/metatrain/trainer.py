@@ -214,7 +214,9 @@ class MetaTrainer:
         )
         self.tx = outer_optimizer(config)
         # lopt's jit with the inner optimizer's compile options, for every program compiled here
-        self._jit = optimizer_jit(self.optimizer)
+        self._jit = optimizer_jit(
+            self.optimizer, differentiated=config.differentiates_optimizer
+        )
         self._save_theta = save_theta
         root = jax.random.PRNGKey(config.seed)
         self.key_theta, self.key_est, self.key_eval, self.key_loop = jax.random.split(root, 4)
