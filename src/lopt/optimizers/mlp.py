@@ -72,7 +72,7 @@ def _weighted_sums(w: jax.Array, b: jax.Array, inputs: Sequence[jax.Array]) -> l
     Its derivative (:func:`_weighted_sums_jvp`) is written with tensor products: JAX's own
     derivative of the scalar-times-array form has one reduction over the tensor per weight
     (``dL/dw[k, j] = sum(inputs[k] * dL/dout[j])``), which XLA compiles very slowly: the
-    meta-gradient of two STAR updates of a 5x3 tensor took 81 s to compile, 3 s with products.
+    meta-gradient of two STAR updates of a 5x3 tensor took 81 s to compile, 6.5 s with this rule.
 
     The scalars come out of ``w`` and ``b`` with one ``unstack`` per column instead of one
     indexing operation each (a slice and a squeeze per weight): the same program for XLA, but
