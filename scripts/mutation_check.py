@@ -60,7 +60,7 @@ MUTATIONS = (
     ),
     Mutation(
         "features-swap-g-p", "the g and p channels are swapped", "optimizers/features.py",
-        (("channels = [g, p, st.m[0]", "channels = [p, g, st.m[0]"),),
+        (("channels = [g, p, *unstack_leading(st.m)", "channels = [p, g, *unstack_leading(st.m)"),),
         (REFERENCE,),
     ),
     Mutation(
@@ -78,8 +78,8 @@ MUTATIONS = (
     Mutation(
         "features-momenta-reversed", "the three momentum channels in reverse order",
         "optimizers/features.py",
-        (("channels = [g, p, st.m[0], st.m[1], st.m[2], st.v]",
-          "channels = [g, p, st.m[2], st.m[1], st.m[0], st.v]"),),
+        (("channels = [g, p, *unstack_leading(st.m), st.v]",
+          "channels = [g, p, *unstack_leading(st.m)[::-1], st.v]"),),
         (REFERENCE,),
     ),
     Mutation(
@@ -123,7 +123,7 @@ MUTATIONS = (
     Mutation(
         "tensor-features-cos-sign", "tensor_features: cos(g, m_i) has the wrong sign",
         "optimizers/features.py",
-        (("jnp.sum(g * st.m[i]) * jax.lax.rsqrt", "-jnp.sum(g * st.m[i]) * jax.lax.rsqrt"),),
+        (("jnp.sum(g * m) * jax.lax.rsqrt", "-jnp.sum(g * m) * jax.lax.rsqrt"),),
         (REFERENCE,),
     ),
     Mutation(
@@ -260,8 +260,8 @@ MUTATIONS = (
         "optimizers/features.py",
         (("sums = _sums_of_squares(tuple(channels[i] for i in idx), (ndim - 1,) if ndim else ())",
           "sums = _sums_of_squares(tuple(channels[i] for i in idx), tuple(range(ndim)))"),
-         ("        if ndim > 1:\n            sums = jnp.sum(",
-          "        if False:\n            sums = jnp.sum(")),
+         ("        if ndim > 1:\n            sums = unstack_leading(",
+          "        if False:\n            sums = unstack_leading(")),
         ("tests/optimizers/test_features.py",),
     ),
     Mutation(
