@@ -284,7 +284,7 @@ def rerun_cleanly(name: str, tmp_path: Path, out: Path) -> None:
     assert config["result"]["status"] == "ok"
 
 
-FAST_START = ["train", "meta-train", "stability-map-learned", "stability-meta-linear"]
+FAST_START = ["train", "meta-train", "stability-meta-linear"]
 FAST_MID = ["train", "stability-map-analytic", "stability-meta-linear"]
 
 

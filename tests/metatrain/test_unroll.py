@@ -5,12 +5,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lopt.metatrain.unroll import GroupUnroll, broadcast_leading
 from lopt.optimizers import STAR
 from lopt.tasks.registry import get as get_task
 
 
+@pytest.mark.slow  # ~24 s; slots_unroll also runs in every estimator test
 def test_slots_unroll_equals_the_vmapped_single_slot_unroll():
     """``slots_unroll`` (scan outside, vmap inside: traced once) against the reference
     formulation ``vmap(slot_unroll)`` (scan inside vmap), on a real family with STAR, per-slot
@@ -42,6 +44,7 @@ def test_slots_unroll_equals_the_vmapped_single_slot_unroll():
     assert not np.allclose(meta[0], meta[1])
 
 
+@pytest.mark.slow  # ~9 s
 def test_init_draws_the_held_out_tasks_as_drawing_each_alone_would():
     """The held-out tasks drawn alongside the slots' own (one vectorized draw) are the draws
     of their keys one by one (un-vectorized oracle), and the slots are those of a plain init."""

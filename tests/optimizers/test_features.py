@@ -201,6 +201,9 @@ def _plain_sums_of_squares(arrays, axes):
     return tuple(jnp.sum(jnp.square(a), axis=axes) for a in arrays)
 
 
+# slow: ~12-19 s each, compiling JAX's own derivative of the plain sums (the reference);
+# the fast run still differentiates the hand-written rule in the test below
+@pytest.mark.slow
 @pytest.mark.parametrize("opt", [STAR(), Blackbox()], ids=["star", "blackbox"])
 def test_meta_gradient_through_the_update_matches_plain_sums(opt, monkeypatch):
     """Truncated backpropagation differentiates the update with respect to theta. The gradient

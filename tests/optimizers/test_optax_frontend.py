@@ -86,6 +86,7 @@ def test_update_without_params_is_a_clear_error():
         tx.update(params, state)
 
 
+@pytest.mark.slow  # ~10 s
 def test_vmap_over_independent_problems_matches_loop():
     tx = lopt.star()
     keys = jax.random.split(jax.random.PRNGKey(1), 4)

@@ -13,8 +13,10 @@ import lopt.tasks as T
 from lopt.tasks import Task, TaskMixture, as_groups, sample_task
 from lopt.tasks.classify import ACTIVATION_NAMES
 
-# Compiling these on a CPU takes longest (convolutions, recurrences, attention).
-SLOW = {"text_lstm", "text_transformer", "digits_cnn", "cnn_family"}
+# Compiling these on a CPU takes longest (convolutions, recurrences, attention; the rescaled
+# mixtures, whose wrapping of every group tests/tasks/test_augment.py checks in the fast run).
+SLOW = {"text_lstm", "text_transformer", "digits_cnn", "cnn_family", "mlp_family_rescaled",
+        "mlp_family_half_rescaled"}
 PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in T.names()]
 
 

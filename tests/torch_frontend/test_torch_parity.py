@@ -76,7 +76,7 @@ CASES = [
 ]
 # One case per code path runs in the default suite; CI also runs the rest (``-m slow``).
 FAST = {"star-default-random", "star-flipped-random", "star-ratio-random",
-        "star-controllers-random", "star-tensor-features-random", "blackbox-random",
+        "star-controllers-random", "blackbox-random",
         "star-distance-feature-random"}
 PARAMS = [
     pytest.param(
