@@ -265,6 +265,12 @@ MUTATIONS = (
         ("tests/optimizers/test_features.py",),
     ),
     Mutation(
+        "rms-derivative-halved", "the hand-written derivative of the RMS sums loses its factor 2",
+        "optimizers/features.py",
+        (("jnp.sum(2.0 * a * da, axis=axes)", "jnp.sum(1.0 * a * da, axis=axes)"),),
+        ("tests/optimizers/test_features.py",),
+    ),
+    Mutation(
         "library-reductions-kept", "per-tensor controllers keep XLA's library reductions",
         "utils/compile.py",
         (("    return {LIBRARY_FUSION_OPTION: \"\"}\n", "    return {}\n"),),

@@ -232,6 +232,28 @@ def test_meta_gradient_through_the_update_matches_plain_sums(opt, monkeypatch):
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(ours)) > 0
 
 
+
+def test_hand_written_derivative_of_the_sums_of_squares_is_that_of_plain_sums():
+    """The fast run's check of the rule the slow test above exercises end to end: reverse-mode
+    gradients of ``_sums_of_squares`` (one input constant, as the gradient channel is under
+    truncated backpropagation) against JAX's derivative of ordinary ``sum(a**2)``, on a
+    weighted combination of the outputs so every output's cotangent differs."""
+    import lopt.optimizers.features as features
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+    b = jax.random.normal(jax.random.PRNGKey(1), (4, 5))
+    const = jax.random.normal(jax.random.PRNGKey(2), (4, 5))
+    weights = jnp.arange(1.0, 16.0).reshape(3, 5)
+
+    def loss(fn, a, b):
+        return jnp.sum(weights * jnp.stack(fn((a, const, 2.0 * b), (0,))))
+
+    ours = jax.grad(lambda a, b: loss(features._sums_of_squares, a, b), argnums=(0, 1))(a, b)
+    reference = jax.grad(lambda a, b: loss(_plain_sums_of_squares, a, b), argnums=(0, 1))(a, b)
+    for x, y in zip(ours, reference, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-6)
+    assert float(jnp.max(jnp.abs(ours[0]))) > 0
+
 @pytest.mark.parametrize("opt", [STAR(), Blackbox()], ids=["star", "blackbox"])
 def test_meta_gradient_is_finite_with_rows_that_never_see_a_gradient(opt, monkeypatch):
     """A first-layer row fed by an always-blank input (digits' corner pixels) gets exactly zero
