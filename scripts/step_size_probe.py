@@ -5,8 +5,10 @@
 Trains each task (``NAME`` or ``NAME@K``, as ``lopt evaluate --tasks``) with the shipped STAR (or
 ``--weights PATH``) and prints one JSON line per task: the learned step size ``k`` (the
 geometric mean over the parameter tensors, and its smallest and largest tensor) at a few
-steps, and the final training loss. A diagnostic for issue 9: a controller that adapts to the
-task should pick different ``k`` where tuned Adam picks different learning rates.
+steps, and the final training loss. Each tensor counts with its mean ``k``: one number per
+tensor when the controller is aggregated per tensor (``step_size_aggregation="tensor"``, as
+shipped), the mean over its coordinates otherwise. A diagnostic for issue 9: a controller that
+adapts to the task should pick different ``k`` where tuned Adam picks different learning rates.
 
 ``k`` is read with a ``jax.debug.callback`` in ``STAR.step_size`` (a subclass here, nothing in
 the library changes), so the step runs slower than usual; the numbers are the update's own.

@@ -232,7 +232,6 @@ def test_meta_gradient_through_the_update_matches_plain_sums(opt, monkeypatch):
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(ours)) > 0
 
 
-
 def test_hand_written_derivative_of_the_sums_of_squares_is_that_of_plain_sums():
     """The fast run's check of the rule the slow test above exercises end to end: reverse-mode
     gradients of ``_sums_of_squares`` (one input constant, as the gradient channel is under
@@ -253,6 +252,7 @@ def test_hand_written_derivative_of_the_sums_of_squares_is_that_of_plain_sums():
     for x, y in zip(ours, reference, strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-6)
     assert float(jnp.max(jnp.abs(ours[0]))) > 0
+
 
 @pytest.mark.parametrize("opt", [STAR(), Blackbox()], ids=["star", "blackbox"])
 def test_meta_gradient_is_finite_with_rows_that_never_see_a_gradient(opt, monkeypatch):
