@@ -7,25 +7,14 @@ abort halfway through. This fast check applies every mutation to a temporary cop
 that every test target it names exists.
 """
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from script_module import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("mutation_check",
-                                                  ROOT / "scripts" / "mutation_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-mutation_check = _load_script()
+mutation_check = load_script("mutation_check")
 
 
 @pytest.mark.parametrize("mutation", mutation_check.MUTATIONS, ids=lambda m: m.id)

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
+from script_module import load_script
 
 from lopt.evaluate.suites import build_task
 from lopt.optimizers import STAR
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "step_size_probe.py"
-
-
-def _probe_module():
-    spec = importlib.util.spec_from_file_location("step_size_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+step_size_probe = load_script("step_size_probe")
 
 
 def test_probe_reports_the_closed_form_step_size_of_a_constant_controller():
@@ -35,7 +27,7 @@ def test_probe_reports_the_closed_form_step_size_of_a_constant_controller():
     mlp[last] = jnp.zeros_like(mlp[last])
     mlp[bias] = jnp.zeros_like(mlp[bias]).at[-1].set(beta)
     theta = {**theta, "mlp": mlp}
-    row = _probe_module().probe(build_task("digits_mlp"), theta, opt, steps=12, seed=0)
+    row = step_size_probe.probe(build_task("digits_mlp"), theta, opt, steps=12, seed=0)
     r = opt.step_size_range
     expected = math.exp(r * math.tanh(opt.step_size_multiplier * beta / r))
     assert row["tensors"] == 4  # two kernels, two biases
@@ -49,5 +41,5 @@ def test_probe_reports_the_closed_form_step_size_of_a_constant_controller():
 def test_probe_refuses_weights_without_a_learned_step_size():
     opt = STAR(step_size_controller=False)
     with pytest.raises(SystemExit, match="no learned step size"):
-        _probe_module().probe(build_task("digits_mlp"), opt.init(jax.random.PRNGKey(0)), opt,
+        step_size_probe.probe(build_task("digits_mlp"), opt.init(jax.random.PRNGKey(0)), opt,
                               steps=2, seed=0)

@@ -74,7 +74,9 @@ CASES = [
     ("blackbox-tensor-features", "blackbox", dict(tensor_features=True), ("random",)),
     ("blackbox-distance-feature", "blackbox", dict(distance_feature=True), ("random",)),
 ]
-# One case per code path runs in the default suite; CI also runs the rest (``-m slow``).
+# One case per code path runs in the default suite, except tensor features (slow run only, to
+# keep the fast suite near 5 min; its JAX side is checked against the reference in
+# tests/optimizers/test_update_vs_reference.py); CI also runs the rest (``-m slow``).
 FAST = {"star-default-random", "star-flipped-random", "star-ratio-random",
         "star-controllers-random", "blackbox-random",
         "star-distance-feature-random"}
