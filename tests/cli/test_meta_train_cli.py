@@ -48,6 +48,7 @@ def test_meta_train_smoke_and_resume(tmp_path, capsys):
         (["--sigma", "-1"], "sigma must be > 0"),
         (["--truncation", "50"], "truncation \\(50\\) is longer"),
         (["--tasks", "nope"], "unknown task 'nope'"),
+        (["--eval-on", "nope"], "unknown task 'nope' \\(eval_on\\); choose one of"),
         (["--opt", "bogus=1"], "bad optimizer_kwargs for star"),
         (["--config", "/nonexistent.toml"], "config file not found"),
         (["--cpu-devices", "-1"], "--cpu-devices must be >= 0"),

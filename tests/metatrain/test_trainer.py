@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import QuadraticFamily
 from lopt.metatrain.config import MetaTrainConfig
 from lopt.metatrain.trainer import MetaTrainer
 
@@ -120,6 +121,29 @@ def test_held_out_tasks_drawn_at_initialization_equal_those_drawn_alone(
     assert alone.evaluate(theta) == with_init
     other_seed = trainer(tmp_path, momentum_lo, quad_family, "c", seed=BASE["seed"] + 1)
     assert other_seed.evaluate(theta) != with_init  # other tasks: the comparison can fail
+
+
+def test_held_out_tasks_from_another_family_are_that_familys_own(
+    tmp_path, momentum_lo, quad_family
+):
+    """``eval_on``: the held-out draws of another family are exactly those a run meta-trained
+    on that family evaluates on (same seed), not the training family's; a run with them
+    keeps its best theta by them."""
+    other = QuadraticFamily(name="wide_quadratic", dim=7, noise=0.3)
+    t = MetaTrainer(MetaTrainConfig(**{**BASE, "eval_on": other.name}), tmp_path / "a",
+                    optimizer=momentum_lo, task=quad_family, eval_task=other,
+                    save_theta=save_npz)
+    theta = t.init_state()["theta"]
+    on_other = t.evaluate(theta)
+    assert on_other == trainer(tmp_path, momentum_lo, other, "b").evaluate(theta)
+    assert on_other != trainer(tmp_path, momentum_lo, quad_family, "c").evaluate(theta)
+    out = MetaTrainer(MetaTrainConfig(**{**BASE, "eval_on": other.name}), tmp_path / "d",
+                      optimizer=momentum_lo, task=quad_family, eval_task=other,
+                      save_theta=save_npz).run()
+    best = dict(np.load(tmp_path / "d" / "best.safetensors.npz"))
+    assert trainer(tmp_path, momentum_lo, other, "e").evaluate(best)["eval_loss"] == (
+        pytest.approx(out["best"]["eval_loss"], rel=1e-6)
+    )
 
 
 def test_resume_of_finished_run_is_a_noop(tmp_path, momentum_lo, quad_family):

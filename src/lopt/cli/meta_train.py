@@ -56,6 +56,9 @@ FLAGS: tuple[tuple[str, tuple[str, ...], dict, str], ...] = (
      "outer steps between held-out evaluations (0: none); the best theta is kept"),
     ("eval_tasks", (), {"type": int}, "fixed held-out task draws per evaluation"),
     ("eval_horizon", (), {"type": int}, "inner steps of each evaluation run"),
+    ("eval_on", (), {},
+     "draw the held-out tasks from this task, family or mixture instead of the training "
+     "tasks (names: see lopt tasks), so that the kept theta is the one that generalizes"),
     ("checkpoint_every", (), {"type": int}, "outer steps between checkpoints"),
     ("seed", (), {"type": int}, "the one seed every random number of the run derives from"),
 )

@@ -120,6 +120,10 @@ class MetaTrainConfig(EstimatorConfig):
         eval_every, eval_tasks, eval_horizon: every ``eval_every`` steps, theta is evaluated on
             ``eval_tasks`` fixed held-out task draws for ``eval_horizon`` inner steps (same tasks
             and keys each time); the best theta is kept. ``eval_every = 0`` disables.
+        eval_on: registry name of the task, family or mixture the held-out draws come from
+            (its groups get ``eval_tasks`` draws by their weights); empty: the training
+            ``tasks``. Selecting theta on tasks unlike the training mix picks the theta that
+            generalizes, not the one that fits the mix best.
         checkpoint_every: outer steps between checkpoints (also written at the end and on Ctrl-C).
         seed: the one seed every random number of the run derives from.
     """
@@ -136,6 +140,7 @@ class MetaTrainConfig(EstimatorConfig):
     eval_every: int = 50
     eval_tasks: int = 8
     eval_horizon: int = 500
+    eval_on: str = ""
     checkpoint_every: int = 100
     seed: int = 0
 
@@ -175,8 +180,13 @@ class MetaTrainConfig(EstimatorConfig):
         from lopt import tasks
 
         names = tuple(tasks.names())
-        if self.tasks not in names:
-            raise ValueError(f"unknown task {self.tasks!r}; choose one of {', '.join(names)}")
+        for field in ("tasks", "eval_on") if self.eval_on else ("tasks",):
+            if getattr(self, field) not in names:
+                where = " (eval_on)" if field == "eval_on" else ""
+                raise ValueError(
+                    f"unknown task {getattr(self, field)!r}{where}; choose one of "
+                    f"{', '.join(names)}"
+                )
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

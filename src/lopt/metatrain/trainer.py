@@ -178,8 +178,9 @@ class MetaTrainer:
     Args:
         config: the run's :class:`MetaTrainConfig`.
         out_dir: where every output goes.
-        optimizer, task: objects to use instead of the registry names in ``config`` (tests and
-            programmatic use); they must honour the LearnedOptimizer and Task contracts.
+        optimizer, task, eval_task: objects to use instead of the registry names in ``config``
+            (``optimizer``, ``tasks``, ``eval_on``; tests and programmatic use); they must
+            honour the LearnedOptimizer and Task contracts.
         save_theta: ``save_theta(path, theta, metadata)``; default ``lopt.save_meta_params``.
         scan_unroll: ``lax.scan`` unroll factor of the inner loop (a speed knob).
         source: where meta-gradient estimates come from; default :class:`LocalEstimates`
@@ -193,6 +194,7 @@ class MetaTrainer:
         *,
         optimizer=None,
         task=None,
+        eval_task=None,
         save_theta: Callable | None = None,
         scan_unroll: int = 1,
         source: EstimateSource | None = None,
@@ -220,7 +222,16 @@ class MetaTrainer:
         self._save_theta = save_theta
         root = jax.random.PRNGKey(config.seed)
         self.key_theta, self.key_est, self.key_eval, self.key_loop = jax.random.split(root, 4)
-        self.eval_slots = allocate_slots(config.eval_tasks, self.estimator.weights)
+        if eval_task is None and config.eval_on:
+            from lopt import tasks
+
+            eval_task = tasks.get(config.eval_on)
+        #: where the held-out draws come from: the training groups, or those of ``eval_task``
+        #: (an estimator of its own, used for its groups' unrolls only)
+        self.eval_estimator = self.estimator if eval_task is None else make_estimator(
+            self.optimizer, eval_task, config.estimator_config(), scan_unroll=scan_unroll
+        )
+        self.eval_slots = allocate_slots(config.eval_tasks, self.eval_estimator.weights)
         self._step_fn = None
         self._eval_fn = None
         self._eval_draws = None  # the held-out tasks (TaskDraw per group), drawn once
@@ -240,17 +251,22 @@ class MetaTrainer:
         """The held-out tasks drawn on their own (when the source did not draw them)."""
         return tuple(
             None if keys is None else unroll.draws(keys)
-            for unroll, keys in zip(self.estimator.unrolls, self._eval_keys(key_eval), strict=True)
+            for unroll, keys in zip(
+                self.eval_estimator.unrolls, self._eval_keys(key_eval), strict=True
+            )
         )
 
     def _init(self, key_theta, key_est, key_eval) -> tuple[dict, tuple]:
         """The run's initial state and the held-out evaluation's task draws."""
         theta = self.optimizer.init(key_theta)
+        # the slots' own groups draw the held-out tasks with their slots; other tasks apart
+        draw_with_slots = self.config.eval_every and self.eval_estimator is self.estimator
         eval_keys = (
-            self._eval_keys(key_eval) if self.config.eval_every else (None,) * len(self.eval_slots)
+            self._eval_keys(key_eval) if draw_with_slots
+            else (None,) * len(self.estimator.unrolls)
         )
         source_state, draws = self.source.init_state(self, theta, key_est, eval_keys)
-        if draws is None and self.config.eval_every:
+        if self.config.eval_every and (draws is None or not draw_with_slots):
             draws = self._draw_eval_tasks(key_eval)
         state = {"theta": theta, "opt_state": self.tx.init(theta), **source_state}
         return state, draws
@@ -369,7 +385,7 @@ class MetaTrainer:
 
         def ev(theta, draws):
             along, final, total = 0.0, 0.0, 0
-            for unroll, drawn in zip(self.estimator.unrolls, draws, strict=True):
+            for unroll, drawn in zip(self.eval_estimator.unrolls, draws, strict=True):
                 if drawn is None:
                     continue
                 a, f = unroll.evaluate(theta, drawn, self.config.eval_horizon)
