@@ -20,8 +20,9 @@ SMALL = [
 @pytest.mark.slow
 def test_meta_train_smoke_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
+    # held out on another registered task (`--eval-on`): resolved by name, kept on resume
     assert main(["meta-train", "--optimizer", "star", "--outer-steps", "2", "--out", str(out),
-                 *SMALL]) == 0
+                 "--eval-on", "quadratic", *SMALL]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["outer_step"] == 2
     for name in ("config.json", "metrics.jsonl", "eval.jsonl", "checkpoint.safetensors",
@@ -31,9 +32,10 @@ def test_meta_train_smoke_and_resume(tmp_path, capsys):
     assert opt.name == "star" and opt.hidden_sizes == (2,)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["config"]["optimizer_kwargs"] == {"hidden_sizes": [2]}
+    assert cfg["config"]["eval_on"] == "quadratic"
     # continue the same run to 3 steps (JAX already runs here: --cpu-devices is reported ignored)
     assert main(["meta-train", "--optimizer", "star", "--outer-steps", "3", "--out", str(out),
-                 "--resume", "--cpu-devices", "2", *SMALL]) == 0
+                 "--resume", "--cpu-devices", "2", "--eval-on", "quadratic", *SMALL]) == 0
     assert "--cpu-devices ignored" in capsys.readouterr().out
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["outer_step"] for r in rows] == [1, 2, 3]
