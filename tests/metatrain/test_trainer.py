@@ -140,6 +140,9 @@ def test_held_out_tasks_from_another_family_are_that_familys_own(
     out = MetaTrainer(MetaTrainConfig(**{**BASE, "eval_on": other.name}), tmp_path / "d",
                       optimizer=momentum_lo, task=quad_family, eval_task=other,
                       save_theta=save_npz).run()
+    with pytest.raises(ValueError, match="needs config.eval_on"):
+        MetaTrainer(MetaTrainConfig(**BASE), tmp_path / "f", optimizer=momentum_lo,
+                    task=quad_family, eval_task=other)
     best = dict(np.load(tmp_path / "d" / "best.safetensors.npz"))
     assert trainer(tmp_path, momentum_lo, other, "e").evaluate(best)["eval_loss"] == (
         pytest.approx(out["best"]["eval_loss"], rel=1e-6)

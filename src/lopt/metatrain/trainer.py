@@ -180,7 +180,8 @@ class MetaTrainer:
         out_dir: where every output goes.
         optimizer, task, eval_task: objects to use instead of the registry names in ``config``
             (``optimizer``, ``tasks``, ``eval_on``; tests and programmatic use); they must
-            honour the LearnedOptimizer and Task contracts.
+            honour the LearnedOptimizer and Task contracts. With ``eval_task``,
+            ``config.eval_on`` must name it (what ``config.json`` records).
         save_theta: ``save_theta(path, theta, metadata)``; default ``lopt.save_meta_params``.
         scan_unroll: ``lax.scan`` unroll factor of the inner loop (a speed knob).
         source: where meta-gradient estimates come from; default :class:`LocalEstimates`
@@ -222,6 +223,11 @@ class MetaTrainer:
         self._save_theta = save_theta
         root = jax.random.PRNGKey(config.seed)
         self.key_theta, self.key_est, self.key_eval, self.key_loop = jax.random.split(root, 4)
+        if eval_task is not None and not config.eval_on:
+            raise ValueError(
+                "an eval_task object needs config.eval_on set to its name, so that the run's "
+                "config.json says where the held-out tasks came from"
+            )
         if eval_task is None and config.eval_on:
             from lopt import tasks
 
