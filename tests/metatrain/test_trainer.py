@@ -140,6 +140,9 @@ def test_held_out_tasks_from_another_family_are_that_familys_own(
     out = MetaTrainer(MetaTrainConfig(**{**BASE, "eval_on": other.name}), tmp_path / "d",
                       optimizer=momentum_lo, task=quad_family, eval_task=other,
                       save_theta=save_npz).run()
+    recorded = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert recorded["eval_groups"] == ["wide_quadratic"] != recorded["groups"]
+    assert recorded["eval_tasks_per_group"] == [BASE["eval_tasks"]]
     with pytest.raises(ValueError, match="needs config.eval_on"):
         MetaTrainer(MetaTrainConfig(**BASE), tmp_path / "f", optimizer=momentum_lo,
                     task=quad_family, eval_task=other)

@@ -439,6 +439,10 @@ class MetaTrainer:
                 ),
                 "slots_per_group": list(self.estimator.slots),
                 "groups": [getattr(g, "name", repr(g)) for g in self.estimator.groups],
+                # the held-out evaluation's groups (the training ones unless eval_on names
+                # another task) and how many held-out tasks each draws
+                "eval_groups": [getattr(g, "name", repr(g)) for g in self.eval_estimator.groups],
+                "eval_tasks_per_group": list(self.eval_slots),
                 "inner_steps_per_outer_step": self.estimator.inner_steps_per_step,
                 "inner_steps_counting": "slots x truncation x particles (2 for antithetic)",
                 "resumed_at": history,
