@@ -16,7 +16,7 @@ from lopt.tasks.classify import ACTIVATION_NAMES
 # Compiling these on a CPU takes longest (convolutions, recurrences, attention; the rescaled
 # mixtures, whose wrapping of every group tests/tasks/test_augment.py checks in the fast run).
 SLOW = {"text_lstm", "text_transformer", "digits_cnn", "cnn_family", "mlp_family_rescaled",
-        "mlp_family_half_rescaled"}
+        "mlp_family_half_rescaled", "text_lstm_wide", "text_transformer_wide", "digits_cnn_wide"}
 PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in T.names()]
 
 

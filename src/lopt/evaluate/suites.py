@@ -11,6 +11,10 @@ fixed member of a family or mixture: the task :func:`lopt.tasks.sample_task` dra
   digits CNN, the digits autoencoder (MSE), the character LSTM and transformer language models
   on Python's own source, and quadratics -- at the same horizon.
 * ``long-horizon``: the in-distribution tasks at 10x the meta-training horizon.
+* ``validation``: tasks in none of the suites above and not in the shipped STAR's meta-training
+  mix -- draws of other families, and models larger or deeper than the mix's -- for choosing a
+  recipe or a theta without tuning on the suites that are reported (a trend seen on the few
+  ood tasks, such as "larger models want smaller steps", did not hold here; model card).
 * ``quick``: a small subset (2 in-distribution + 2 unlike) at a short horizon, for smoke tests
   and ``lopt reproduce --quick``.
 """
@@ -61,12 +65,29 @@ OOD_TASKS = (
     "nqm",
 )
 
+VALIDATION_TASKS = (
+    "mlp_broad@1",
+    "mlp_broad@5",
+    "mlp_broad@7",
+    "mlp_broad@14",
+    "cnn_family@0",
+    "cnn_family@7",
+    "digits_mlp_fullbatch",
+    "digits_mlp_512",
+    "mnist1d_mlp_deep",
+    "digits_cnn_wide",
+    "mnist1d_autoencoder",
+    "text_lstm_wide",
+    "text_transformer_wide",
+)
+
 SUITES: dict[str, tuple[SuiteTask, ...]] = {
     "in-distribution": _tasks(IN_DISTRIBUTION_TASKS, META_TRAINING_HORIZON),
     "ood": _tasks(OOD_TASKS, META_TRAINING_HORIZON),
     "long-horizon": _tasks(
         IN_DISTRIBUTION_TASKS[:4], LONG_HORIZON_FACTOR * META_TRAINING_HORIZON
     ),
+    "validation": _tasks(VALIDATION_TASKS, META_TRAINING_HORIZON),
     "quick": (
         SuiteTask("digits_mlp", 300),
         SuiteTask("mnist1d_mlp", 300),
@@ -82,6 +103,8 @@ SUITE_DESCRIPTIONS = {
     f"transformer LMs, quadratics), {META_TRAINING_HORIZON} steps",
     "long-horizon": f"in-distribution tasks at {LONG_HORIZON_FACTOR}x the horizon "
     f"({LONG_HORIZON_FACTOR * META_TRAINING_HORIZON} steps)",
+    "validation": "for choosing recipes, in no reported suite and not in the shipped mix "
+    f"(other families' draws; larger/deeper MLPs, CNN, LMs), {META_TRAINING_HORIZON} steps",
     "quick": "4 small tasks at 300 steps (smoke test)",
 }
 

@@ -110,14 +110,14 @@ def lm_task(
     )
 
 
-def lstm_task(corpus: TextCorpus, embed=32, hidden=64, seq_len=32, batch_size=16) -> Task:
-    return lm_task(
-        "text_lstm", LSTMLM(corpus.vocab_size, embed, hidden), corpus, seq_len, batch_size
-    )
+def lstm_task(corpus: TextCorpus, embed=32, hidden=64, seq_len=32, batch_size=16,
+              name="text_lstm") -> Task:
+    return lm_task(name, LSTMLM(corpus.vocab_size, embed, hidden), corpus, seq_len, batch_size)
 
 
 def transformer_task(
-    corpus: TextCorpus, dim=32, heads=2, layers=2, seq_len=32, batch_size=16
+    corpus: TextCorpus, dim=32, heads=2, layers=2, seq_len=32, batch_size=16,
+    name="text_transformer",
 ) -> Task:
     model = TransformerLM(corpus.vocab_size, seq_len, dim, heads, layers)
-    return lm_task("text_transformer", model, corpus, seq_len, batch_size)
+    return lm_task(name, model, corpus, seq_len, batch_size)

@@ -214,6 +214,29 @@ def _text_transformer():
     return transformer_task(_text())
 
 
+def _validation_task(name: str):
+    """The tasks of the ``validation`` suite (:mod:`lopt.evaluate.suites`): models larger or
+    deeper than the meta-training mix's, in no other suite, for choosing recipes and weights
+    without looking at the suites that are reported."""
+    from lopt.tasks.cnn import cnn_task
+    from lopt.tasks.lm import lstm_task, transformer_task
+    from lopt.tasks.mlp import autoencoder_task, mlp_task
+
+    builders = {
+        "digits_mlp_512": lambda: mlp_task(_digits(), hidden=(512,), batch_size=128, name=name),
+        "mnist1d_mlp_deep": lambda: mlp_task(
+            _mnist1d(), hidden=(128, 128, 128), batch_size=128, name=name),
+        "digits_cnn_wide": lambda: cnn_task(
+            _digits(), channels=(32, 64), batch_size=128, name=name),
+        "mnist1d_autoencoder": lambda: autoencoder_task(
+            _mnist1d(), hidden=(128,), batch_size=128, name=name),
+        "text_lstm_wide": lambda: lstm_task(_text(), embed=16, hidden=128, name=name),
+        "text_transformer_wide": lambda: transformer_task(
+            _text(), dim=64, heads=4, layers=1, name=name),
+    }
+    return builders[name]()
+
+
 _ENTRIES: tuple[Entry, ...] = (
     Entry("quadratic", "16-d deterministic quadratic, eigenvalues 1e-2..1", _quadratic, "task"),
     Entry("nqm", "16-d noisy quadratic model (fresh minimum ~ N(0, 0.3^2 I) per step)",
@@ -238,6 +261,19 @@ _ENTRIES: tuple[Entry, ...] = (
           _text_lstm, "task"),
     Entry("text_transformer", "char transformer LM (2 layers, dim 32) on stdlib source",
           _text_transformer, "task"),
+    Entry("digits_mlp_512", "MLP 64-512-10 (relu) on 8x8 digits, batch 128 (validation suite)",
+          functools.partial(_validation_task, "digits_mlp_512"), "task"),
+    Entry("mnist1d_mlp_deep", "MLP 40-128-128-128-10 (relu) on MNIST-1D, batch 128 (validation)",
+          functools.partial(_validation_task, "mnist1d_mlp_deep"), "task"),
+    Entry("digits_cnn_wide", "CNN conv32-conv64(s2)-meanpool-10 on 8x8 digits (validation)",
+          functools.partial(_validation_task, "digits_cnn_wide"), "task"),
+    Entry("mnist1d_autoencoder", "MLP autoencoder 40-128-40 on MNIST-1D, MSE (validation)",
+          functools.partial(_validation_task, "mnist1d_autoencoder"), "task"),
+    Entry("text_lstm_wide", "char LSTM LM (embed 16, hidden 128) on stdlib source (validation)",
+          functools.partial(_validation_task, "text_lstm_wide"), "task"),
+    Entry("text_transformer_wide",
+          "char transformer LM (1 layer, dim 64, 4 heads) on stdlib source (validation)",
+          functools.partial(_validation_task, "text_transformer_wide"), "task"),
     Entry("digits_mlp_family", "digits MLP 64-32-10: init scale, activation, data subset vary",
           _digits_mlp_family, "family"),
     Entry("mnist1d_mlp_family", "MNIST-1D MLP 40-32-10: init scale, activation, subset vary",
