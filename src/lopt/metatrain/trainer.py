@@ -83,6 +83,11 @@ def outer_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
     return optax.chain(*parts, optax.adam(schedule))
 
 
+def _group_names(estimator) -> list[str]:
+    """The names of an estimator's task groups, as ``config.json`` records them."""
+    return [getattr(g, "name", repr(g)) for g in estimator.groups]
+
+
 def slot_sharding(est_state):
     """Shardings that split every estimator-state leaf's slot axis over the local devices.
 
@@ -438,10 +443,10 @@ class MetaTrainer:
                     else repr(self.optimizer)
                 ),
                 "slots_per_group": list(self.estimator.slots),
-                "groups": [getattr(g, "name", repr(g)) for g in self.estimator.groups],
+                "groups": _group_names(self.estimator),
                 # the held-out evaluation's groups (the training ones unless eval_on names
                 # another task) and how many held-out tasks each draws
-                "eval_groups": [getattr(g, "name", repr(g)) for g in self.eval_estimator.groups],
+                "eval_groups": _group_names(self.eval_estimator),
                 "eval_tasks_per_group": list(self.eval_slots),
                 "inner_steps_per_outer_step": self.estimator.inner_steps_per_step,
                 "inner_steps_counting": "slots x truncation x particles (2 for antithetic)",
