@@ -22,11 +22,9 @@ def test_validation_tasks_are_in_no_reported_suite_and_not_in_the_shipped_mix():
         if name != "validation":
             assert not validation & {t.task for t in suite}, name
     # a draw of the mix is known by its model and batches: no validation task has both of a
-    # group's
+    # mix group's
     card = pretrained.model_card("star")
     mix = tasks.get(card["meta_training"]["config"]["tasks"] if card else "mlp_family")
     mix_shapes = {_shapes(sample_task(g, jax.random.PRNGKey(0))) for g in mix.groups}
     for name in sorted(validation):
-        if name.split("@")[0] in {"text_lstm_wide", "text_transformer_wide"}:
-            continue  # language models: nothing like them is in an MLP mix
         assert _shapes(build_task(name)) not in mix_shapes, name
