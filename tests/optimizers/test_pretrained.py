@@ -4,6 +4,7 @@ import hashlib
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -30,6 +31,21 @@ def test_star_uses_the_shipped_weights(shipped):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(theta), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert lopt.star() is not None
+
+
+def test_step_scale_multiplies_the_shipped_update(shipped):
+    """``lopt.star(step_scale=s)``: the shipped weights' whole change times ``s``, weight decay
+    included (the fixture's weights are STAR's defaults, weight decay on)."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3), "b": jnp.ones(3)}
+    grads = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
+    plain, scaled = lopt.star(), lopt.star(step_scale=0.25)
+    up, _ = plain.update(grads, plain.init(params), params)
+    us, _ = scaled.update(grads, scaled.init(params), params)
+    for name in params:
+        assert float(jnp.abs(up[name]).max()) > 0
+        np.testing.assert_allclose(us[name], 0.25 * np.asarray(up[name]), rtol=1e-6)
+    with pytest.raises(ValueError, match="step_scale"):
+        lopt.star(step_scale=0.0)
 
 
 def test_a_tampered_copy_is_refused(shipped):

@@ -58,13 +58,16 @@ NOMINAL_FORMULAS = {
 
 
 @pytest.mark.parametrize(
-    "nominal,wd,mode",
-    [(name, 0.1, "scaled") for name in sorted(NOMINAL_FORMULAS)]
-    + [("adam_aggmo", 0.0, "scaled"), ("adam_aggmo", 0.05, "raw")],
+    "nominal,wd,mode,scale",
+    [(name, 0.1, "scaled", 1.0) for name in sorted(NOMINAL_FORMULAS)]
+    + [("adam_aggmo", 0.0, "scaled", 1.0), ("adam_aggmo", 0.05, "raw", 1.0)]
+    # step_scale multiplies the whole change, the weight decay of either mode included
+    + [("adam_aggmo", 0.1, "scaled", 0.3), ("sgdm", 0.05, "raw", 2.5)],
 )
-def test_multiplier_zero_is_nominal_only_by_hand(nominal, wd, mode):
+def test_multiplier_zero_is_nominal_only_by_hand(nominal, wd, mode, scale):
     alpha = 3e-3
-    opt = STAR(step_multiplier=0.0, nominal=nominal, alpha=alpha, weight_decay=wd, decay_mode=mode)
+    opt = STAR(step_multiplier=0.0, nominal=nominal, alpha=alpha, weight_decay=wd, decay_mode=mode,
+               step_scale=scale)
     params, grads = make_problem()
     traj, _ = run(opt, opt.init(KEY), params, grads)
     w_eff = alpha * wd if mode == "scaled" else wd
@@ -73,7 +76,8 @@ def test_multiplier_zero_is_nominal_only_by_hand(nominal, wd, mode):
         acc = hand_accumulators([np.atleast_1d(g[name]) for g in grads])
         for t, (m, v) in enumerate(acc):
             g = np.atleast_1d(np.asarray(grads[t][name], np.float64))
-            p = (1 - w_eff) * p - alpha * NOMINAL_FORMULAS[nominal](g, m, v).reshape(p.shape)
+            step = alpha * NOMINAL_FORMULAS[nominal](g, m, v).reshape(p.shape)
+            p = p - scale * (w_eff * p + step)
             np.testing.assert_allclose(traj[t][name], p, rtol=2e-5, atol=1e-6)
 
 
@@ -280,6 +284,11 @@ def test_num_outputs_follow_controllers():
         (dict(step_multiplier=-1e-4), "step_multiplier"),
         (dict(hidden_sizes=(4, 0)), "hidden_sizes"),
         (dict(nominal_controller_aggregation="layer"), "aggregation"),
+        (dict(step_scale=0.0), "step_scale"),
+        (dict(step_scale=-0.5), "step_scale"),
+        (dict(step_scale=float("nan")), "step_scale"),
+        (dict(step_scale=float("inf")), "step_scale"),
+        (dict(weight_decay=0.4, decay_mode="raw", step_scale=3.0), "zeroed"),
     ],
 )
 def test_bad_switches_fail_with_clear_errors(kwargs, match):

@@ -55,8 +55,9 @@ SWITCHES = {
 INPUT_SWITCHES = ("tensor_features", "distance_feature")
 
 #: Multipliers large enough that every MLP output changes the step by O(1) relative amounts
-#: (with the defaults 1e-3, exp(1e-3 m) ~ 1 would hide a wrong m, n or r).
-SENSITIVE = dict(magnitude_multiplier=0.5, alpha=1e-2)
+#: (with the defaults 1e-3, exp(1e-3 m) ~ 1 would hide a wrong m, n or r). ``step_scale`` is
+#: not 1 so that every row checks the scaled change (at 1 the update skips the multiply).
+SENSITIVE = dict(magnitude_multiplier=0.5, alpha=1e-2, step_scale=0.7)
 CONTROLLER_MULTIPLIER = 0.7
 
 

@@ -98,6 +98,7 @@ CONFIG_KEYS = {
         "step_size_multiplier",
         "step_size_range",
         "step_size_aggregation",
+        "step_scale",
     },
 }
 ACCUMULATOR_KEYS = {"momentum_decays", "rms_decay", "factored_decays"}
@@ -380,7 +381,10 @@ class ReferenceOptimizer:
         if c["regularization_controller"]:
             r = self.aggregate(outs["r"], c["regularization_controller_aggregation"])
             w_eff = w_eff * np.exp(c["regularization_controller_multiplier"] * r)
-        return {"learned": -k * s_bb, "nominal": -k * s_nom, "decay": -w_eff * p}
+        # step_scale: the whole change, decay included, as a learning rate in AdamW
+        scale = c["step_scale"]
+        return {"learned": -scale * k * s_bb, "nominal": -scale * k * s_nom,
+                "decay": -scale * w_eff * p}
 
     @staticmethod
     def nominal_direction(kind: str, g, m, v) -> np.ndarray:

@@ -39,7 +39,7 @@ GRAD_SCALES = {"scalar": 1.0, "vector": 0.3, "tall": 1e-2, "wide": 3.0, "kernel"
 # (meta-init while none ship) with these switches; "random" = random meta-parameters for the
 # config with every switch as given (including the architecture ones).
 FLIPPED = dict(nominal="sgdm", alpha=3e-3, step_multiplier=1e-3, magnitude_multiplier=1e-2,
-               precondition=False, weight_decay=0.01, decay_mode="raw")
+               precondition=False, weight_decay=0.01, decay_mode="raw", step_scale=0.6)
 CASES = [
     ("star-default", "star", {}, ("shipped", "random")),
     ("star-flipped", "star", FLIPPED, ("shipped", "random")),

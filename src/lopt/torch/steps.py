@@ -59,7 +59,7 @@ def step_size(cfg: STAR, c):
 
 
 def star_delta(cfg: STAR, outs, p, g, st, rsqrt_v) -> torch.Tensor:
-    """STAR: ``delta = -k (s_bb + s_nom) - w_eff * p``, each term behind its switch.
+    """STAR: ``delta = step_scale (-k (s_bb + s_nom) - w_eff * p)``, each term behind its switch.
 
     Terms are subtracted in place from one buffer (``sub_(x, alpha=c)`` is ``delta - c * x``).
     Controller outputs follow ``d, m`` in the order ``n, r, c``, one for each switch that is on.
@@ -96,6 +96,8 @@ def star_delta(cfg: STAR, outs, p, g, st, rsqrt_v) -> torch.Tensor:
             delta.sub_(w_eff * p)
         else:
             delta.sub_(p, alpha=w_eff)
+    if cfg.step_scale != 1.0:
+        delta.mul_(cfg.step_scale)
     return delta
 
 

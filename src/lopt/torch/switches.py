@@ -55,6 +55,7 @@ GROUP_SWITCHES = {
         "step_size_multiplier",
         "step_size_range",
         "step_size_aggregation",
+        "step_scale",
     ),
     "blackbox": ("step_multiplier", "magnitude_multiplier"),
 }
