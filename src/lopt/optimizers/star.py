@@ -123,8 +123,8 @@ class STAR(AdafactorMLPBase):
             meta-training mix: measured on such tasks (issue 9, model card), the learned step
             size follows about the same schedule on every task, while tuned Adam's learning
             rate differs 10x between them, and the nominal term at the right fixed step
-            trains the wide and deep MLPs of the ood suite far faster than tuned Adam. Not
-            seen by meta-training: a value other than 1 is the user's choice, not learned.
+            trains the wide and deep MLPs of the ood suite far faster than tuned Adam. The
+            shipped weights were meta-trained at 1; another value is the user's choice.
     """
 
     name: ClassVar[str] = "star"
