@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
         required=True,
         metavar="NAME_OR_PATH",
         help="star | blackbox | adam | sgd | momentum | adamw | prodigy | PATH to saved "
-        "meta-parameters "
+        "meta-parameters; a STAR may end in :step_scale=S (its whole step times S) "
         "(repeat the flag to compare several)",
     )
     p.add_argument(

@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
         "--optimizer",
         required=True,
         help="adam | sgd | momentum | adamw | prodigy | star | blackbox | PATH to saved "
-        "meta-params",
+        "meta-params; a STAR may end in :step_scale=S (its whole step times S)",
     )
     p.add_argument(
         "--lr",

@@ -4,7 +4,9 @@
 parameter-free one (its learning rate multiplies its own estimate); ``star`` and
 ``blackbox`` are the learned optimizers with the package's shipped weights (or their
 meta-initialization when none ship); anything else is a path to meta-parameters saved by
-:func:`lopt.save_meta_params`. Every resolved optimizer says which weights it uses (path and
+:func:`lopt.save_meta_params`. A STAR (by name or path) may end in ``:step_scale=S``, its one
+knob (:attr:`lopt.optimizers.STAR.step_scale`), so that an evaluation can compare scales in one
+run without writing weight files. Every resolved optimizer says which weights it uses (path and
 sha256), so each run can record exactly what it trained with.
 """
 
@@ -32,6 +34,8 @@ DEFAULT_LR: dict[str, float] = {
 }
 LEARNED = ("star", "blackbox")
 NAMES = (*HAND_DESIGNED, *LEARNED)
+#: ``NAME_OR_PATH:step_scale=S`` (see the module docstring).
+STEP_SCALE_SUFFIX = ":step_scale="
 
 
 class OptimizerSpecError(ValueError):
@@ -54,6 +58,7 @@ class OptimizerSpec:
         learning_rate: their learning rate as given (``theta`` holds it as float32).
         xla_options: extra compile options for programs that run it
             (:func:`lopt.utils.compile.optimizer_options`).
+        optimizer: the learned optimizer object (None for optax).
     """
 
     label: str
@@ -65,6 +70,7 @@ class OptimizerSpec:
     hand_designed: str | None = None
     learning_rate: float | None = None
     xla_options: dict = dataclasses.field(default_factory=dict)
+    optimizer: Any = None
 
     def identity(self) -> str:
         """A stable string naming exactly this optimizer: its kind, configuration and a digest
@@ -148,16 +154,24 @@ def learned_spec(theta, optimizer, *, label: str, kind: str, weights: dict | Non
         weights=weights,
         config=config,
         xla_options=optimizer_options(optimizer),
+        optimizer=optimizer,
     )
 
 
 def resolve(name: str, learning_rate: float | None = None) -> OptimizerSpec:
-    """The optimizer named ``name``: a hand-designed name, ``star``/``blackbox`` or a path.
+    """The optimizer named ``name``: a hand-designed name, ``star``/``blackbox`` or a path,
+    a STAR optionally followed by ``:step_scale=S``.
 
     Raises:
-        OptimizerSpecError: unknown name, missing or unreadable file, or a learning rate given
-            to a learned optimizer; the message says what is valid.
+        OptimizerSpecError: unknown name, missing or unreadable file, a learning rate given
+            to a learned optimizer, or a step scale that is not a positive number or not for a
+            STAR; the message says what is valid.
     """
+    base, sep, value = name.rpartition(STEP_SCALE_SUFFIX)
+    if sep:
+        if STEP_SCALE_SUFFIX in base:
+            raise OptimizerSpecError(f"{name!r}: step_scale is given more than once")
+        return _with_step_scale(resolve(base, learning_rate), value, name)
     if name in HAND_DESIGNED:
         lr = DEFAULT_LR[name] if learning_rate is None else learning_rate
         return hand_designed_spec(name, lr)
@@ -195,3 +209,24 @@ def resolve(name: str, learning_rate: float | None = None) -> OptimizerSpec:
         raise OptimizerSpecError(f"cannot load meta-parameters from {path}: {err}") from None
     weights = weights_record(path)
     return learned_spec(theta, opt, label=path.stem, kind="path", weights=weights)
+
+
+def _with_step_scale(spec: OptimizerSpec, value: str, name: str) -> OptimizerSpec:
+    """``spec`` (a STAR) with ``step_scale`` set from the text ``value``."""
+    from lopt.optimizers.star import STAR
+
+    if not isinstance(spec.optimizer, STAR):
+        raise OptimizerSpecError(
+            f"{name!r}: step_scale is a STAR switch and {spec.label!r} is not a STAR "
+            "(hand-designed optimizers take a learning rate instead)"
+        )
+    try:
+        scale = float(value)
+    except ValueError:
+        raise OptimizerSpecError(f"{name!r}: step_scale must be a number, got {value!r}") from None
+    try:
+        optimizer = dataclasses.replace(spec.optimizer, step_scale=scale)
+    except ValueError as err:
+        raise OptimizerSpecError(f"{name!r}: {err}") from None
+    return learned_spec(spec.theta, optimizer, label=f"{spec.label}{STEP_SCALE_SUFFIX}{value}",
+                        kind=spec.kind, weights=spec.weights)
