@@ -81,3 +81,16 @@ def test_the_real_shipped_weights_match_their_card(kind):
     theta, opt = pretrained.resolve(kind)
     # a card written before a switch existed lacks it: the switch's default (off) is implied
     assert opt.name == kind and type(opt).from_config(card["optimizer"]["config"]) == opt
+
+
+@pytest.mark.parametrize("kind", pretrained.KINDS)
+def test_model_card_json_notes_follow_the_markdown(kind):
+    """The machine-readable card carries the same notes as the card people read (its "## Notes"
+    section, as ``scripts/ship_weights.py`` writes it): edits to one must reach the other."""
+    card = pretrained.model_card(kind)
+    if card is None:
+        pytest.skip(f"no {kind} weights ship")
+    markdown = (pretrained.weights_dir() / f"{kind}.md").read_text()
+    head, sep, notes = markdown.partition("## Notes\n\n")
+    assert sep, f"{kind}.md has no Notes section"
+    assert card["notes"].rstrip("\n") == notes.rstrip("\n")
