@@ -174,13 +174,14 @@ class STAR(AdafactorMLPBase):
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.step_scale * self.effective_weight_decay >= 1.0:
+        decay_per_step = self.step_scale * self.effective_weight_decay
+        if decay_per_step >= 1.0:
             raise ValueError(
-                f"weight decay factor per step is {self.step_scale * self.effective_weight_decay}"
-                " (>= 1, step_scale included): every parameter would be zeroed or flipped each "
-                "step; lower weight_decay or step_scale, or use decay_mode='scaled'"
+                f"weight decay factor per step is {decay_per_step} (>= 1, step_scale included): "
+                "every parameter would be zeroed or flipped each step; lower weight_decay or "
+                "step_scale, or use decay_mode='scaled'"
             )
-        largest = self.step_scale * self.effective_weight_decay * (
+        largest = decay_per_step * (
             math.exp(self.step_size_range)
             if self.step_size_controller and self.decay_mode == "scaled" else 1.0
         )
