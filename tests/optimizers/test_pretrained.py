@@ -48,6 +48,24 @@ def test_step_scale_multiplies_the_shipped_update(shipped):
         lopt.star(step_scale=0.0)
 
 
+def test_an_explicit_step_scale_replaces_the_saved_one(tmp_path):
+    """``step_scale`` given to ``lopt.star`` wins over the file's, 1 included; left out, the
+    file's own value stays."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)}
+    grads = {"w": jnp.cos(3.0 * params["w"])}
+    theta = STAR().init(jax.random.PRNGKey(0))
+    unit = lopt.save_meta_params(tmp_path / "unit.safetensors", theta, STAR())
+    half = lopt.save_meta_params(tmp_path / "half.safetensors", theta, STAR(step_scale=0.5))
+
+    def update(tx):
+        return np.asarray(tx.update(grads, tx.init(params), params)[0]["w"])
+
+    plain = update(lopt.star(unit))
+    assert np.abs(plain).max() > 0
+    np.testing.assert_allclose(update(lopt.star(half)), 0.5 * plain, rtol=1e-6)
+    np.testing.assert_allclose(update(lopt.star(half, step_scale=1.0)), plain, rtol=1e-6)
+
+
 def test_a_tampered_copy_is_refused(shipped):
     path, _ = shipped
     data = bytearray(path.read_bytes())

@@ -77,7 +77,7 @@ def resolve(kind: str, theta=None):
     return theta, cls()
 
 
-def star(theta=None, *, step_scale: float = 1.0, **optax_kwargs):
+def star(theta=None, *, step_scale: float | None = None, **optax_kwargs):
     """STAR as an optax transformation.
 
     ``theta=None`` uses the weights the package ships (checksum-verified; STAR at
@@ -86,13 +86,14 @@ def star(theta=None, *, step_scale: float = 1.0, **optax_kwargs):
     the default STAR architecture. No horizon or total step count is needed; ``loss=`` is
     optional. Turns on lopt's persistent compilation cache (see :mod:`lopt.utils.compile`).
 
-    ``step_scale`` multiplies the whole step, as a learning rate would; the default 1 is the
-    update as meta-trained. Try 0.5 or 0.25 on a task unlike the meta-training mix where STAR
+    ``step_scale`` multiplies the whole step, as a learning rate would; 1 is the update as
+    meta-trained, and None (the default) keeps the value the weights were saved with (1 for
+    the shipped ones). Try 0.5 or 0.25 on a task unlike the meta-training mix where STAR
     trains slower than Adam (the model card has the measurements).
     """
     enable_compilation_cache()
     theta, opt = resolve("star", theta)
-    if step_scale != 1.0:
+    if step_scale is not None:
         opt = dataclasses.replace(opt, step_scale=step_scale)
     return opt.as_optax(theta, **optax_kwargs)
 
