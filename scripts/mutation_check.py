@@ -308,14 +308,6 @@ MUTATIONS = (
           "distance_feature(state.distance.d, 1e-3)"),),
         (REFERENCE,),
     ),
-    Mutation(
-        "size-feature-before-time",
-        "the tensor-size input is put in front of the time features instead of after them",
-        "optimizers/learned.py",
-        (("jnp.concatenate([glob, size_feature(jnp.shape(p))])",
-          "jnp.concatenate([size_feature(jnp.shape(p)), glob])"),),
-        (REFERENCE, "tests/optimizers/test_size_feature.py"),
-    ),
 )
 
 

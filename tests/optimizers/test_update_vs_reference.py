@@ -50,10 +50,9 @@ SWITCHES = {
     "learned_term": (True, False),  # step_multiplier > 0 or == 0 ("nominal only")
     "tensor_features": (False, True),  # six tensor-level MLP inputs after the time features
     "distance_feature": (False, True),  # Prodigy's distance estimate as one more MLP input
-    "size_feature": (False, True),  # the tensor's number of elements as one more MLP input
 }
 #: Switches that change the MLP's inputs only: ``leaf_delta`` (outputs -> step) never sees them.
-INPUT_SWITCHES = ("tensor_features", "distance_feature", "size_feature")
+INPUT_SWITCHES = ("tensor_features", "distance_feature")
 
 #: Multipliers large enough that every MLP output changes the step by O(1) relative amounts
 #: (with the defaults 1e-3, exp(1e-3 m) ~ 1 would hide a wrong m, n or r). ``step_scale`` is
@@ -90,7 +89,6 @@ def star_kwargs(combo: dict) -> dict:
     kw["step_multiplier"] = 1e-3 if combo["learned_term"] else 0.0
     kw["tensor_features"] = combo["tensor_features"]
     kw["distance_feature"] = combo["distance_feature"]
-    kw["size_feature"] = combo["size_feature"]
     return kw
 
 
@@ -264,9 +262,8 @@ def test_blackbox_with_large_magnitude_multiplier_matches_reference():
 
 
 def test_blackbox_with_distance_feature_matches_reference():
-    """Prodigy's distance estimate reaches the MLP as one input after the time features, the
-    tensor's size after it."""
-    opt = Blackbox(distance_feature=True, size_feature=True, tensor_features=True)
+    """Prodigy's distance estimate reaches the MLP as one input after the time features."""
+    opt = Blackbox(distance_feature=True, tensor_features=True)
     assert_close_to_reference(opt, "blackbox", random_theta(opt, 6), seed=4,
                               distance_must_grow=True)
 

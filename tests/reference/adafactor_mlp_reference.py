@@ -33,14 +33,11 @@ What it implements, per parameter tensor (scalars are treated as shape-(1,) tens
   ``lr_t = d sqrt(1 - 0.999^t) / (1 - 0.9^t)``, ``num <- sqrt(0.999) num + (d / d0) lr_t
   <g, x0 - x>``, ``s <- sqrt(0.999) s + (d / d0) lr_t g`` (all tensors, ``x`` where the
   gradient was taken, ``x0`` the initial parameters), ``d <- max(d, num / sum |s|)``;
-* with ``size_feature`` on, one more input after those, the same for every coordinate of the
-  tensor: ``(ln n - ln 2048) / 4``, ``n`` the tensor's number of elements (1 for a scalar);
 * with ``tensor_features`` on, 6 tensor-level inputs after those, the same for every
   coordinate of the tensor: ``log sqrt(mean over the tensor of (m_i / sqrt(v + 1e-6))^2 + 1e-5)``
   for the three momenta (the log of the Adam-ratio features' normalizer), then the cosines
   ``<g, m_i> / (|g| |m_i|)`` over the whole tensor (0 when either is zero);
-* MLP ``39 (+1 with distance_feature, +1 with size_feature, +6 with tensor_features) ->
-  hidden... -> outputs``, ReLU
+* MLP ``39 (+1 with distance_feature, +6 with tensor_features) -> hidden... -> outputs``, ReLU
   on hidden layers, linear output layer;
 * outputs ``[d, m]`` then ``n`` (if the nominal controller is on), ``r`` (if the
   regularization controller is on) and ``c`` (if the step size controller is on);
@@ -79,7 +76,6 @@ _COMMON_KEYS = {
     "output_init_scale",  # only scales the initial output layer: no effect on the update
     "tensor_features",
     "distance_feature",
-    "size_feature",
 }
 CONFIG_KEYS = {
     "blackbox": _COMMON_KEYS,
@@ -167,7 +163,7 @@ class ReferenceOptimizer:
         return names
 
     def num_inputs(self) -> int:
-        return (NUM_FEATURES + int(self.c["distance_feature"]) + int(self.c["size_feature"])
+        return (NUM_FEATURES + int(self.c["distance_feature"])
                 + (NUM_TENSOR_INPUTS if self.c["tensor_features"] else 0))
 
     def distance_unit(self) -> float:
@@ -224,8 +220,7 @@ class ReferenceOptimizer:
         """Returns ``(new_params, new_state, info)``; ``info[i]`` holds, for tensor ``i`` (as a
         shape-(1,) tensor if it is a scalar), the parameter ``p`` and gradient ``g`` of this step,
         the updated accumulators ``acc``, the raw ``[N, 28]`` feature matrix, the ``[N, 39]``
-        (one more column each with ``distance_feature`` and ``size_feature``, six with
-        ``tensor_features``) MLP inputs,
+        (one more column with ``distance_feature``, six with ``tensor_features``) MLP inputs,
         the ``[N, outputs]`` MLP outputs, the summands ``terms`` of the parameter change and the
         change ``delta`` itself."""
         b = self.decays(theta)
@@ -242,9 +237,6 @@ class ReferenceOptimizer:
             if self.c["distance_feature"]:
                 d_input = np.log(state["distance"]["d"] / self.distance_unit()) / 5.0
                 same_everywhere = np.concatenate([same_everywhere, [d_input]])
-            if self.c["size_feature"]:
-                size_input = (np.log(max(p.size, 1)) - np.log(2048.0)) / 4.0
-                same_everywhere = np.concatenate([same_everywhere, [size_input]])
             if self.c["tensor_features"]:
                 same_everywhere = np.concatenate([same_everywhere, self.tensor_inputs(g, st)])
             inputs = np.concatenate(

@@ -70,10 +70,6 @@ CASES = [
      dict(precondition_mode="ratio", step_size_controller=True, step_size_multiplier=10.0,
           distance_feature=True, tensor_features=True, step_multiplier=1e-3),
      ("random",)),
-    ("star-size-feature", "star",
-     dict(precondition_mode="ratio", step_size_controller=True, step_size_multiplier=10.0,
-          distance_feature=True, size_feature=True, step_multiplier=1e-3),
-     ("random",)),
     ("blackbox", "blackbox", {}, ("shipped", "random")),
     ("blackbox-tensor-features", "blackbox", dict(tensor_features=True), ("random",)),
     ("blackbox-distance-feature", "blackbox", dict(distance_feature=True), ("random",)),
@@ -83,7 +79,7 @@ CASES = [
 # tests/optimizers/test_update_vs_reference.py); CI also runs the rest (``-m slow``).
 FAST = {"star-default-random", "star-flipped-random", "star-ratio-random",
         "star-controllers-random", "blackbox-random",
-        "star-distance-feature-random", "star-size-feature-random"}
+        "star-distance-feature-random"}
 PARAMS = [
     pytest.param(
         kind, switches, source, id=f"{name}-{source}",

@@ -380,27 +380,6 @@ def tensor_statistics(g: jax.Array, st: LeafState, rms: jax.Array) -> jax.Array:
     return jnp.concatenate([log_rms, jnp.stack(cos)])
 
 
-#: ``size_feature`` measures a tensor's number of elements against this: a 64x32 kernel, the
-#: first layer of the meta-training mix's digits MLPs
-SIZE_REFERENCE = 2048.0
-
-
-def size_feature(shape: tuple[int, ...]) -> np.ndarray:
-    """``(ln numel - ln 2048) / 4``: one input, the same for every coordinate of a tensor.
-
-    Why: every per-coordinate feature is divided by its RMS over the tensor, so without it the
-    MLP cannot tell a 256x256 hidden kernel from a 32x10 output kernel, while the step a
-    tensor wants falls with its size (tuned Adam's learning rate on the ood suite's wide and
-    deep MLPs is 3-10x below the meta-training mix's, the observation behind muP's per-layer
-    learning rates). The number of elements, not the fan-in: it is the same in every layout
-    convention (JAX's ``(in, out)`` kernels, torch's ``(out, in)``, embedding tables). A
-    constant per tensor, known from the shape alone: the MLP folds it into its first-layer
-    bias, so it costs nothing per step. Scalars (and empty tensors) count as one element.
-    """
-    numel = max(float(np.prod(shape)), 1.0)
-    return np.array([(np.log(numel) - np.log(SIZE_REFERENCE)) / 4.0], np.float32)
-
-
 def time_features(step: jax.Array) -> jax.Array:
     """``tanh(t / tau - 1)`` for the 11 time scales; identical for every coordinate."""
     t = jnp.asarray(step, jnp.float32)

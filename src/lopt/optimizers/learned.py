@@ -30,7 +30,6 @@ from lopt.optimizers.features import (
     compute_layout,
     init_leaf_state,
     leaf_features,
-    size_feature,
     state_to_layout,
     tensor_statistics,
     time_features,
@@ -87,11 +86,6 @@ class AdafactorMLPBase:
             with ``unit`` the nominal step (:mod:`lopt.optimizers.distance`). It comes after
             the time features and before the tensor-level inputs. Horizon-free, loss-free;
             costs two float32 copies of the parameters in the state.
-        size_feature: add one input per tensor, the same for each of its coordinates: its
-            number of elements, as ``(ln numel - ln 2048) / 4``
-            (:func:`~lopt.optimizers.features.size_feature`), after the distance feature. It
-            lets the learned step size tell a wide layer from a small one; known from the
-            shape, so it costs nothing per step and adds no state.
     """
 
     name: ClassVar[str] = "adafactor_mlp"
@@ -103,7 +97,6 @@ class AdafactorMLPBase:
     output_init_scale: float = 1.0
     tensor_features: bool = False
     distance_feature: bool = False
-    size_feature: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
@@ -133,9 +126,9 @@ class AdafactorMLPBase:
 
     @property
     def num_inputs(self) -> int:
-        """39 (28 per-coordinate + 11 time features), plus 1 with ``distance_feature``, 1 with
-        ``size_feature`` and 6 with ``tensor_features``."""
-        return (NUM_INPUTS + int(self.distance_feature) + int(self.size_feature)
+        """39 (28 per-coordinate + 11 time features), plus 1 with ``distance_feature`` and 6
+        with ``tensor_features``."""
+        return (NUM_INPUTS + int(self.distance_feature)
                 + (NUM_TENSOR_STATISTICS if self.tensor_features else 0))
 
     @property
@@ -191,10 +184,8 @@ class AdafactorMLPBase:
             st = update_accumulators(st, g32, decays)
             feats = leaf_features(p32, g32, st)
             glob = tfeat
-            if self.size_feature:
-                glob = jnp.concatenate([glob, size_feature(jnp.shape(p))])
             if self.tensor_features:
-                glob = jnp.concatenate([glob, tensor_statistics(g32, st, feats.rms)])
+                glob = jnp.concatenate([tfeat, tensor_statistics(g32, st, feats.rms)])
             outs = fused_mlp(theta["mlp"], feats.channels, feats.rms, glob, p32.shape)
             delta = self.leaf_delta(outs, p32, g32, st)
             if perm is not None:

@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 import torch
 
-from lopt.optimizers.features import size_feature
 from lopt.optimizers.learned import DEFAULT_MAX_NONFINITE_SKIPS, nonfinite_skips
 from lopt.torch import distance
 from lopt.torch.features import (
@@ -191,8 +190,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
         tfeat = time_features(st["step"], meta.scales)
         if distance_input is not None:
             tfeat = torch.cat([tfeat, distance_input])
-        if self.optimizer_config.size_feature:
-            tfeat = torch.cat([tfeat, tfeat.new_tensor(size_feature(tuple(p.shape)))])
         if self.optimizer_config.tensor_features:
             tfeat = torch.cat([tfeat, tensor_statistics(g32, st, feats.rms)])
         outs = mlp_outputs(meta.layers, feats, tfeat, shape, ws)

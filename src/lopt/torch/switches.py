@@ -29,12 +29,11 @@ ARCHITECTURE = {
             "step_size_controller",
             "tensor_features",
             "distance_feature",
-            "size_feature",
         }
     ),
     "blackbox": frozenset(
         {"hidden_sizes", "accumulators", "output_init_scale", "tensor_features",
-         "distance_feature", "size_feature"}
+         "distance_feature"}
     ),
 }
 
