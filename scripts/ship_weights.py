@@ -9,6 +9,13 @@ Copies ``RUN/best.safetensors`` (the theta chosen by the fixed held-out evaluati
 command, the task mix, outer steps, wall time and CPU, the sha256 that ``lopt.star()`` verifies,
 the licence, and the evaluation numbers of ``lopt evaluate`` (``EVAL/results.json``) with the
 command that produced them.
+
+    python scripts/ship_weights.py --kind star --sync-notes
+
+copies the "## Notes" section of the shipped ``<kind>.md`` (the card people read and edit) into
+``<kind>.json`` and changes nothing else: the cards of weights already shipped get their notes
+edited by hand, the run and evaluation folders they were written from are gone, and the
+machine-readable card must carry the same notes (a test checks it).
 """
 
 from __future__ import annotations
@@ -151,19 +158,51 @@ def _markdown(info: dict) -> str:
     return "\n".join(lines)
 
 
+NOTES_HEADING = "## Notes\n\n"
+
+
+def sync_notes(kind: str, weights: Path = WEIGHTS) -> bool:
+    """Copy the Notes section of ``<kind>.md`` into ``<kind>.json``; True if the JSON changed."""
+    markdown, card_path = weights / f"{kind}.md", weights / f"{kind}.json"
+    if not markdown.is_file() or not card_path.is_file():
+        raise SystemExit(f"no shipped {kind} card in {weights} (need {kind}.md and {kind}.json)")
+    _, sep, notes = markdown.read_text().partition(NOTES_HEADING)
+    if not sep:
+        raise SystemExit(f"{markdown} has no '## Notes' section to copy")
+    info = json.loads(card_path.read_text())
+    notes = notes.rstrip("\n") + "\n"
+    if info.get("notes") == notes:
+        return False
+    info["notes"] = notes
+    tmp = card_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    tmp.replace(card_path)
+    return True
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--kind", choices=("star", "blackbox"), required=True)
-    p.add_argument("--run", type=Path, required=True, help="lopt meta-train output folder")
-    p.add_argument("--eval", type=Path, action="append", required=True,
+    p.add_argument("--sync-notes", action="store_true",
+                   help="only copy the shipped card's Notes section from .md into .json")
+    p.add_argument("--run", type=Path, help="lopt meta-train output folder")
+    p.add_argument("--eval", type=Path, action="append",
                    help="lopt evaluate output folder (repeat for several)")
-    p.add_argument("--command", required=True, help="the exact meta-training command")
-    p.add_argument("--eval-command", action="append", required=True,
+    p.add_argument("--command", help="the exact meta-training command")
+    p.add_argument("--eval-command", action="append",
                    help="the exact evaluation command, one per --eval")
     p.add_argument("--wall-s", type=float, default=None, help="meta-training wall time")
     p.add_argument("--notes", type=Path, default=None,
                    help="markdown file: targets met or missed, what was tried")
     a = p.parse_args()
+    if a.sync_notes:
+        changed = sync_notes(a.kind)
+        print(f"{a.kind}.json notes {'updated from' if changed else 'already match'} {a.kind}.md")
+        return
+    missing = [f"--{n.replace('_', '-')}" for n in ("run", "eval", "command", "eval_command")
+               if not getattr(a, n)]
+    if missing:
+        p.error(f"shipping weights needs {', '.join(missing)} (or use --sync-notes)")
     if len(a.eval) != len(a.eval_command):
         p.error("give one --eval-command per --eval")
     notes = a.notes.read_text() if a.notes else ""

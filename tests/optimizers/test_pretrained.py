@@ -111,4 +111,6 @@ def test_model_card_json_notes_follow_the_markdown(kind):
     markdown = (pretrained.weights_dir() / f"{kind}.md").read_text()
     head, sep, notes = markdown.partition("## Notes\n\n")
     assert sep, f"{kind}.md has no Notes section"
-    assert card["notes"].rstrip("\n") == notes.rstrip("\n")
+    assert card["notes"].rstrip("\n") == notes.rstrip("\n"), (
+        f"{kind}.json's notes differ from {kind}.md's: "
+        f"python scripts/ship_weights.py --kind {kind} --sync-notes")
