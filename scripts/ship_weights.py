@@ -195,12 +195,15 @@ def main() -> None:
     p.add_argument("--notes", type=Path, default=None,
                    help="markdown file: targets met or missed, what was tried")
     a = p.parse_args()
+    shipping = ("run", "eval", "command", "eval_command", "wall_s", "notes")
     if a.sync_notes:
+        extra = [f"--{n.replace('_', '-')}" for n in shipping if getattr(a, n) is not None]
+        if extra:
+            p.error(f"--sync-notes changes only the notes; drop {', '.join(extra)}")
         changed = sync_notes(a.kind)
         print(f"{a.kind}.json notes {'updated from' if changed else 'already match'} {a.kind}.md")
         return
-    missing = [f"--{n.replace('_', '-')}" for n in ("run", "eval", "command", "eval_command")
-               if not getattr(a, n)]
+    missing = [f"--{n.replace('_', '-')}" for n in shipping[:4] if not getattr(a, n)]
     if missing:
         p.error(f"shipping weights needs {', '.join(missing)} (or use --sync-notes)")
     if len(a.eval) != len(a.eval_command):
