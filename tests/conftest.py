@@ -10,8 +10,9 @@ TEST_XLA_OPT_LEVEL = "0"
 _OPT_FLAG = "--xla_backend_optimization_level"
 
 # The fast suite is compile-bound: most tests compile a learned optimizer's update for a few
-# small tensors and run it a few dozen times. At level 0 it took 5m22 instead of 6m17-6m56 on 2
-# cores (CPU time 9m35 instead of 12m40). The level changes how the machine code is optimized,
+# small tensors and run it a few dozen times. At level 0 it took 4m57 instead of 5m50 on 2 cores
+# (CPU time 9m00 instead of 10m40; one run each, back to back, in a fresh clone's environment;
+# the first CI-style run that day took 6m12 at level 0). The level changes how code is optimized,
 # not the algorithm, but it can change last bits, as another CPU would: 30 steps of the shipped
 # STAR on digits differ by up to 8.5e-7 between level 0 and the default. Every test passes at
 # both levels. CI runs the slow suite at XLA's default level, as users compile. The flag must
