@@ -14,8 +14,8 @@ _OPT_FLAG = "--xla_backend_optimization_level"
 # (CPU time 9m00 instead of 10m40; one run each, back to back, in a fresh clone's environment;
 # the first CI-style run that day took 6m12 at level 0). The level changes how code is optimized,
 # not the algorithm, but it can change last bits, as another CPU would: 30 steps of the shipped
-# STAR on digits differ by up to 8.5e-7 between level 0 and the default. Every test passes at
-# both levels. CI runs the slow suite at XLA's default level, as users compile. The flag must
+# STAR on digits differ by up to 8.5e-7 between level 0 and the default. The fast suite passes
+# at both levels; CI runs the slow suite at XLA's default level, as users compile. The flag must
 # be set before JAX starts its CPU backend, so here, before any test module imports JAX;
 # programs lopt compiles with its own options (meta-training, evaluations) keep their level,
 # and an ``--xla_backend_optimization_level`` already in ``XLA_FLAGS`` wins.
