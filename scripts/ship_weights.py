@@ -27,6 +27,8 @@ import platform
 import shutil
 from pathlib import Path
 
+from lopt.utils.io import atomic_write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "lopt" / "weights"
 
@@ -106,6 +108,10 @@ def card(kind: str, run: Path, evaluations: list[Path], command: str,
     return info, _markdown(info)
 
 
+#: how the card's Notes section starts: written by ``_markdown``, found by ``sync_notes``
+NOTES_HEADING = "## Notes\n\n"
+
+
 def _num(x) -> str:
     return "n/a" if x is None else f"{x:.4g}"
 
@@ -154,11 +160,8 @@ def _markdown(info: dict) -> str:
                          f"{r['diverged']} |")
         lines.append("")
     if info["notes"]:
-        lines += ["## Notes", "", info["notes"], ""]
+        lines += [NOTES_HEADING + info["notes"], ""]
     return "\n".join(lines)
-
-
-NOTES_HEADING = "## Notes\n\n"
 
 
 def sync_notes(kind: str, weights: Path = WEIGHTS) -> bool:
@@ -174,9 +177,7 @@ def sync_notes(kind: str, weights: Path = WEIGHTS) -> bool:
     if info.get("notes") == notes:
         return False
     info["notes"] = notes
-    tmp = card_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    tmp.replace(card_path)
+    atomic_write_json(card_path, info)
     return True
 
 
@@ -195,7 +196,8 @@ def main() -> None:
     p.add_argument("--notes", type=Path, default=None,
                    help="markdown file: targets met or missed, what was tried")
     a = p.parse_args()
-    shipping = ("run", "eval", "command", "eval_command", "wall_s", "notes")
+    required = ("run", "eval", "command", "eval_command")
+    shipping = (*required, "wall_s", "notes")
     if a.sync_notes:
         extra = [f"--{n.replace('_', '-')}" for n in shipping if getattr(a, n) is not None]
         if extra:
@@ -203,7 +205,7 @@ def main() -> None:
         changed = sync_notes(a.kind)
         print(f"{a.kind}.json notes {'updated from' if changed else 'already match'} {a.kind}.md")
         return
-    missing = [f"--{n.replace('_', '-')}" for n in shipping[:4] if not getattr(a, n)]
+    missing = [f"--{n.replace('_', '-')}" for n in required if not getattr(a, n)]
     if missing:
         p.error(f"shipping weights needs {', '.join(missing)} (or use --sync-notes)")
     if len(a.eval) != len(a.eval_command):
@@ -214,7 +216,7 @@ def main() -> None:
     target = WEIGHTS / f"{a.kind}.safetensors"
     shutil.copyfile(a.run / "best.safetensors", target)
     info["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
-    (WEIGHTS / f"{a.kind}.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(WEIGHTS / f"{a.kind}.json", info)
     (WEIGHTS / f"{a.kind}.md").write_text(_markdown(info) + "\n")
     print(f"shipped {target} (sha256 {info['sha256']}) with {a.kind}.json and {a.kind}.md")
 
